@@ -1,0 +1,123 @@
+"""Plain-PyTorch ground truth (autograd does the gradients). Every fused kernel is tested
+against these functions, and these are tested against torch.distributions.
+
+All loss functions here are elementwise (no reduction) unless they say otherwise; `reduce`
+applies the package-wide `reduction` convention.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _validate as check
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    """'none': as is; 'sum'/'mean': over all elements (like torch); 'batchmean': sum / x.shape[0]."""
+    check.reduction(reduction)
+    if reduction == "none":
+        return x
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "mean":
+        return x.mean()
+    check.at_least_1d("input", x)
+    return x.sum() / x.shape[0]
+
+
+def per_sample(x: torch.Tensor) -> torch.Tensor:
+    """Sum over every dim but the first (the batch)."""
+    return x.reshape(x.shape[0], -1).sum(1) if x.dim() > 1 else x
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mu + exp(0.5*logvar) * eps; eps may carry leading sample dims."""
+    check.pair("mu", mu, "logvar", logvar)
+    check.floating("eps", eps)
+    check.broadcastable_to("mu", mu, eps.shape)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Tensor:
+    """Elementwise KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)); N(0, 1) when no prior."""
+    check.pair("mu", mu, "logvar", logvar)
+    check.prior("prior_mu", prior_mu, "mu", mu)
+    check.prior("prior_logvar", prior_logvar, "mu", mu)
+    if prior_mu is None and prior_logvar is None:
+        return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
+    pmu = torch.zeros_like(mu) if prior_mu is None else prior_mu
+    plv = torch.zeros_like(mu) if prior_logvar is None else prior_logvar
+    diff = mu - pmu
+    return 0.5 * (plv - logvar + (torch.exp(logvar) + diff * diff) * torch.exp(-plv) - 1.0)
+
+
+def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise -log Bernoulli(target; sigmoid(logits)), stable for any logit."""
+    check.pair("logits", logits, "target", target)
+    return torch.clamp(logits, min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))
+
+
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise -log N(target; mean, e^logvar), including the 0.5*log(2*pi) term."""
+    check.floating("mean", mean)
+    check.floating("target", target)
+    check.same_shape("target", target, "mean", mean)
+    check.same_device("target", target, "mean", mean)
+    check.prior("logvar", logvar, "target", target)
+    diff = target - mean
+    return 0.5 * (LOG_2PI + logvar + diff * diff * torch.exp(-logvar))
+
+
+def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduction="none"):
+    """-ELBO of a Bernoulli-decoder VAE: sum of bernoulli_nll + beta * sum of gaussian_kl per sample.
+
+    free_bits > 0 applies the free-bits objective (Kingma et al. 2016): each latent dimension's KL,
+    averaged over the batch, counts at least `free_bits` nats. It is a batch-level objective, so it
+    needs a reduction other than 'none'.
+    """
+    check.reduction(reduction, ("none", "sum", "batchmean", "mean"))
+    check.at_least_1d("mu", mu)
+    if mu.shape[0] != logits.shape[0]:
+        raise ValueError(f"mu: expected batch size {logits.shape[0]} (of logits), got {mu.shape[0]}")
+    rec = per_sample(bernoulli_nll(logits, target))
+    kl = gaussian_kl(mu, logvar)
+    if free_bits > 0:
+        if reduction == "none":
+            raise ValueError("free_bits: needs reduction 'sum', 'mean' or 'batchmean', got 'none'")
+        batch = mu.shape[0]
+        kl_dims = torch.clamp(kl.reshape(batch, -1).mean(0), min=free_bits).sum()
+        total = rec.sum() + beta * batch * kl_dims
+        return total if reduction == "sum" else total / batch
+    per = rec + beta * per_sample(kl)
+    return per if reduction == "none" else reduce(per, "batchmean" if reduction == "mean" else reduction)
+
+
+@torch.no_grad()
+def log_marginal_likelihood(model, x: torch.Tensor, num_samples: int = 100, *, chunk: int = 50,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Importance-sampled log p(x) per sample with q(z|x) as proposal (Burda et al. 2016):
+    logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K. Shape: (batch,)."""
+    check.positive_int("num_samples", num_samples)
+    mu, logvar = model.encode(x)
+    std = torch.exp(0.5 * logvar)
+    terms = []
+    for start in range(0, num_samples, chunk):
+        k = min(chunk, num_samples - start)
+        eps = torch.randn((k, *mu.shape), device=mu.device, dtype=mu.dtype, generator=generator)
+        z = mu + std * eps
+        log_px_z = -per_sample_k(model.reconstruction_nll(model.decode(z.reshape(-1, mu.shape[-1])),
+                                                          x.repeat(k, *([1] * (x.dim() - 1)))), k)
+        log_pz = -0.5 * (z * z + LOG_2PI).sum(-1)
+        log_qz = -0.5 * (eps * eps + LOG_2PI + logvar).sum(-1)
+        terms.append(log_px_z + log_pz - log_qz)
+    w = torch.cat(terms, 0)
+    return torch.logsumexp(w, 0) - math.log(num_samples)
+
+
+def per_sample_k(nll: torch.Tensor, k: int) -> torch.Tensor:
+    """(k*batch, ...) elementwise NLL -> (k, batch) per-sample sums."""
+    return nll.reshape(k, -1, *nll.shape[1:]).flatten(2).sum(-1)
+
