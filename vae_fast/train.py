@@ -1,0 +1,393 @@
+"""`vae-fast train`: trains the Kingma & Welling VAE on MNIST and writes its metrics, a checkpoint
+and PNG grids.
+
+Single process by default; under `torchrun --nproc_per_node=N` (WORLD_SIZE > 1) it runs with
+DistributedDataParallel (gloo on the CPU, nccl on CUDA): each rank trains on its shard
+(DistributedSampler), the reported metrics are all-reduced over the ranks, only rank 0 prints
+and writes files.
+
+Reproducible: the same config (seed included) on the same machine gives the same metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from . import data as data_mod
+from . import reference
+from .models import DECODERS, VAE, ReferenceOps
+
+DEVICES = ("auto", "cpu", "cuda")
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+SAMPLES_FILE = "samples.png"
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+EVAL_BATCH = 500  # test neg-ELBO batch
+IW_BATCH = 100  # images per importance-sampling batch (x num_samples decoder rows, in chunks of 50)
+
+
+class ConfigError(ValueError):
+    """A bad training option; the message names the option (the CLI prints it as one line)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    latent: int = 20
+    hidden: int = 400
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    out: str = os.path.join("runs", "latest")
+    decoder: str = "bernoulli"
+    data_dir: str | None = None
+    iw_samples: int = 200
+    backend: str = "reference"
+    threads: int | None = None  # torch CPU threads per process; None: the cores / processes
+    quiet: bool = False
+
+    def validate(self) -> "TrainConfig":
+        for name in ("epochs", "batch_size", "latent", "hidden", "iw_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads <= 0):
+            raise ConfigError(f"--threads: expected a positive integer, got {self.threads!r}")
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"--lr: expected a positive number, got {self.lr!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"--seed: expected a non-negative integer, got {self.seed!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"--decoder: expected one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise ConfigError(f"--backend: expected a backend name, got {self.backend!r}")
+        if self.data_dir is not None and not os.path.isdir(self.data_dir):
+            raise ConfigError(f"--data-dir {self.data_dir}: no such directory")
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ConfigError(f"--out {self.out}: exists and is not a directory")
+        return self
+
+
+# ------------------------------------------------------------------------------ environment
+@dataclass
+class Dist:
+    """Where this process stands: rank / world size / device (world_size 1: no torch.distributed)."""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool  # we initialised the process group, so we destroy it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device cuda: CUDA is not available (torch {torch.__version__}, "
+                              f"{torch.cuda.device_count()} GPUs visible); use --device cpu")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def setup_distributed(device_name: str) -> Dist:
+    """torch.distributed when launched by torchrun (WORLD_SIZE > 1) or already initialised."""
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        return Dist(rank, world, local, resolve_device(device_name, local), owns_group=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(0, 1, 0, resolve_device(device_name), owns_group=False)
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    device = resolve_device(device_name, local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local, device, owns_group=True)
+
+
+def set_threads(config: TrainConfig, env: Dist) -> int:
+    if config.threads is not None:
+        n = config.threads
+    else:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+        n = max(1, cores // max(1, local_world))
+    torch.set_num_threads(n)
+    return n
+
+
+def build_ops(backend: str, device: torch.device, latent: int):
+    """ReferenceOps for 'reference'; otherwise vae_fast.models.FusedOps(backend), probed once on
+    `device` so that a backend that cannot run here fails now with a one-line message."""
+    if backend == "reference":
+        return ReferenceOps()
+    try:
+        from .models import FusedOps
+    except ImportError:
+        raise ConfigError(f"--backend {backend}: the fused ops are not available in this build "
+                          "(vae_fast.models.FusedOps is missing); use --backend reference") from None
+    try:
+        ops = FusedOps(backend)
+        # a probe on tiny tensors, with a private generator (the global RNG stays untouched)
+        gen = torch.Generator(device=device).manual_seed(0)
+        mu = torch.zeros(2, latent, device=device)
+        ops.sample_and_kl(mu, torch.zeros_like(mu), generator=gen)
+        ops.bernoulli_nll(torch.zeros(2, 3, device=device), torch.full((2, 3), 0.5, device=device))
+    except Exception as e:  # any failure of an optional backend -> one clean line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--backend {backend}: cannot run on {device}: {msg}") from None
+    return ops
+
+
+# ------------------------------------------------------------------------------- training
+def _all_reduce(values: list, env: Dist) -> list[float]:
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=env.device) for v in values])
+    if env.distributed:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(model: VAE, images: torch.Tensor, env: Dist, seed: int) -> dict:
+    """Test neg-ELBO (and its two terms), nats per image, over this rank's shard, all-reduced.
+    The same eps every call (a generator seeded from `seed`), so epochs are comparable."""
+    gen = torch.Generator(device=env.device).manual_seed(seed + 1_000_003 * (env.rank + 1))
+    shard = images[env.rank::env.world_size]
+    sums = torch.zeros(3, dtype=torch.float64, device=env.device)
+    was_training = model.training
+    model.eval()
+    for start in range(0, shard.shape[0], EVAL_BATCH):
+        neg_elbo, rec, kl = model(shard[start:start + EVAL_BATCH], generator=gen)
+        sums += torch.stack([neg_elbo.sum(), rec.sum(), kl.sum()]).double()
+    model.train(was_training)
+    total, rec, kl, n = _all_reduce([sums[0], sums[1], sums[2], float(shard.shape[0])], env)
+    return {"neg_elbo": total / n, "rec": rec / n, "kl": kl / n}
+
+
+@torch.no_grad()
+def test_log_px(model: VAE, images: torch.Tensor, env: Dist, num_samples: int, seed: int) -> float:
+    """Importance-sampled log p(x) (reference.log_marginal_likelihood), mean over the test set."""
+    gen = torch.Generator(device=env.device).manual_seed(seed + 2_000_003 * (env.rank + 1))
+    shard = images[env.rank::env.world_size]
+    total = torch.zeros((), dtype=torch.float64, device=env.device)
+    model.eval()
+    for start in range(0, shard.shape[0], IW_BATCH):
+        x = shard[start:start + IW_BATCH]
+        total += reference.log_marginal_likelihood(model, x, num_samples, generator=gen).double().sum()
+    s, n = _all_reduce([total, float(shard.shape[0])], env)
+    return s / n
+
+
+def train(config: TrainConfig, *, stdout=None) -> dict:
+    """Trains and writes the outputs (rank 0); returns the metrics dict (the one in metrics.json)
+    on every rank. Raises ConfigError / data.DataError on bad options or data."""
+    t_start = time.perf_counter()
+    config = dataclasses.replace(config).validate()
+    stdout = stdout if stdout is not None else sys.stdout
+    dataset = data_mod.load(config.data_dir)  # before any process group: errors stay simple
+    env = setup_distributed(config.device)
+    try:
+        return _train(config, env, dataset, stdout, t_start)
+    finally:
+        if env.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, stdout, t_start) -> dict:
+    from tqdm import tqdm
+
+    threads = set_threads(config, env)
+    verbose = env.main and not config.quiet
+
+    def say(msg: str) -> None:
+        if verbose:
+            print(msg, file=stdout, flush=True)
+
+    ops = build_ops(config.backend, env.device, config.latent)
+    if env.main:
+        os.makedirs(config.out, exist_ok=True)
+
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts)
+    model = VAE(in_dim=dataset.train.shape[1], hidden=config.hidden, latent=config.latent,
+                decoder=config.decoder, ops=ops).to(env.device)
+    torch.manual_seed(config.seed + env.rank)  # training eps: a different stream per rank
+    net = model
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda"
+                                      else None)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+
+    train_images = dataset.train.to(env.device)
+    test_images = dataset.test.to(env.device)
+    train_set = data_mod.ImageDataset(train_images)
+    if env.distributed:
+        sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=env.world_size,
+                                                      rank=env.rank, shuffle=True, seed=config.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(
+            train_set, generator=torch.Generator().manual_seed(config.seed))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+                                         collate_fn=data_mod.identity_collate, num_workers=0)
+
+    say(f"vae-fast train: {dataset.source}; device {env.device}"
+        f"{f' x {env.world_size} processes (DDP)' if env.distributed else ''}, {threads} CPU threads, "
+        f"backend {config.backend}, {config.decoder} decoder, latent {config.latent}, "
+        f"hidden {config.hidden}")
+    history = []
+    t_train = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        t_epoch = time.perf_counter()
+        if env.distributed:
+            sampler.set_epoch(epoch)
+        net.train()
+        neg_elbo_sum, seen = torch.zeros((), dtype=torch.float64, device=env.device), 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                   disable=not verbose, file=sys.stderr, dynamic_ncols=True)
+        for x in bar:
+            neg_elbo, _, _ = net(x)
+            loss = neg_elbo.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            neg_elbo_sum += neg_elbo.detach().sum().double()  # no host sync per step
+            seen += x.shape[0]
+        bar.close()
+        train_sum, train_n = _all_reduce([neg_elbo_sum, float(seen)], env)
+        train_neg_elbo = train_sum / train_n
+        if not math.isfinite(train_neg_elbo):
+            raise RuntimeError(f"training diverged in epoch {epoch} (non-finite loss); "
+                               "try a smaller --lr")
+        test = evaluate(model, test_images, env, config.seed)
+        seconds = time.perf_counter() - t_epoch
+        history.append({"epoch": epoch, "train_neg_elbo": train_neg_elbo,
+                        "test_neg_elbo": test["neg_elbo"], "test_rec": test["rec"],
+                        "test_kl": test["kl"], "seconds": seconds})
+        say(f"epoch {epoch:3d}/{config.epochs}  train neg-ELBO {train_neg_elbo:8.2f}  "
+            f"test neg-ELBO {test['neg_elbo']:8.2f} nats/image  "
+            f"(rec {test['rec']:.2f} + KL {test['kl']:.2f})  {seconds:.1f}s")
+    train_time = time.perf_counter() - t_train
+
+    t_iw = time.perf_counter()
+    log_px = test_log_px(model, test_images, env, config.iw_samples, config.seed)
+    iw_time = time.perf_counter() - t_iw
+    final_neg_elbo = history[-1]["test_neg_elbo"]
+    say(f"test log p(x) ~ {log_px:.2f} nats/image (importance sampled, K={config.iw_samples}); "
+        f"ELBO {-final_neg_elbo:.2f}, test neg-ELBO {final_neg_elbo:.2f}")
+
+    metrics = {
+        "config": dataclasses.asdict(config),
+        "data": dataset.describe(),
+        "epochs": history,
+        "final": {"test_neg_elbo": final_neg_elbo, "test_log_px": log_px,
+                  "iw_samples": config.iw_samples},
+        "world_size": env.world_size,
+        "device": str(env.device),
+        "threads": threads,
+        "train_time_s": train_time,
+        "iw_time_s": iw_time,
+        "wall_time_s": None,  # set below, after the files are written
+        "torch_version": torch.__version__,
+    }
+    if env.main:
+        write_outputs(model, config, dataset, metrics, t_start)
+        say(f"wrote {os.path.join(config.out, METRICS_FILE)}, {CHECKPOINT_FILE}, {SAMPLES_FILE}, "
+            f"{RECONSTRUCTIONS_FILE}; {metrics['wall_time_s']:.1f}s in all")
+    else:
+        metrics["wall_time_s"] = time.perf_counter() - t_start
+    return metrics
+
+
+# -------------------------------------------------------------------------------- outputs
+def write_outputs(model: VAE, config: TrainConfig, dataset: data_mod.MNIST, metrics: dict,
+                  t_start: float) -> None:
+    out = config.out
+    os.makedirs(out, exist_ok=True)
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "config": dataclasses.asdict(config), "in_dim": model.in_dim,
+                "image_shape": list(dataset.image_shape), "epochs": len(metrics["epochs"]),
+                "torch_version": torch.__version__},
+               os.path.join(out, CHECKPOINT_FILE))
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    samples = model.sample(64, generator=gen).cpu()
+    originals = dataset.test[:32]
+    recons = model.reconstruct(originals.to(device)).cpu()
+    save_grid(os.path.join(out, SAMPLES_FILE), [samples], dataset.image_shape, cols=8,
+              titles=["samples from the prior (mean images)"])
+    save_grid(os.path.join(out, RECONSTRUCTIONS_FILE), [originals, recons], dataset.image_shape,
+              cols=4, titles=["test digits", "reconstructions"])
+    metrics["wall_time_s"] = time.perf_counter() - t_start
+    with open(os.path.join(out, METRICS_FILE), "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+
+
+def _tile(images: torch.Tensor, shape: tuple[int, int], cols: int, pad: int = 2):
+    rows_img, cols_img = shape
+    n = images.shape[0]
+    rows = -(-n // cols)
+    canvas = torch.ones(rows * (rows_img + pad) + pad, cols * (cols_img + pad) + pad)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (rows_img + pad), pad + c * (cols_img + pad)
+        canvas[y:y + rows_img, x:x + cols_img] = images[i].reshape(rows_img, cols_img)
+    return canvas.numpy()
+
+
+def save_grid(path: str, panels: list[torch.Tensor], shape: tuple[int, int], cols: int,
+              titles: list[str]) -> None:
+    """One or more panels of images (N, rows*cols) in [0, 1], side by side, as a PNG (white
+    background, dark ink)."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    tiles = [_tile(p.float().clamp(0, 1), shape, cols) for p in panels]
+    h, w = tiles[0].shape
+    fig = Figure(figsize=(len(tiles) * w / 40 + 0.4, h / 40 + 0.6), dpi=100)
+    for i, (tile, title) in enumerate(zip(tiles, titles)):
+        ax = fig.add_subplot(1, len(tiles), i + 1)
+        ax.imshow(1.0 - tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def load_model(path: str, map_location="cpu", ops=None) -> VAE:
+    """The VAE saved in a checkpoint.pt by `vae-fast train` (reference ops unless `ops` given)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    cfg = ckpt["config"]
+    model = VAE(in_dim=ckpt["in_dim"], hidden=cfg["hidden"], latent=cfg["latent"],
+                decoder=cfg["decoder"], ops=ops)
+    model.load_state_dict(ckpt["state_dict"])
+    return model
