@@ -118,6 +118,8 @@ def log_marginal_likelihood(model, x: torch.Tensor, num_samples: int = 100, *, c
 
 
 def per_sample_k(nll: torch.Tensor, k: int) -> torch.Tensor:
-    """(k*batch, ...) elementwise NLL -> (k, batch) per-sample sums."""
+    """(k*batch, ...) elementwise NLL, or (k*batch,) per-sample NLL -> (k, batch) per-sample sums."""
+    if nll.dim() == 1:
+        return nll.reshape(k, -1)
     return nll.reshape(k, -1, *nll.shape[1:]).flatten(2).sum(-1)
 
