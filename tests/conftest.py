@@ -1,0 +1,8 @@
+"""Run the Triton kernels in the interpreter when there is no GPU (TRITON_INTERPRET must be set
+before triton compiles any @jit function, i.e. before vae_fast is imported)."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

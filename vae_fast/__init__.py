@@ -1,0 +1,29 @@
+"""vae_fast: fused kernels (Triton, CUDA, C++ CPU) for the hot spots of VAE training.
+
+    z, kl = vae_fast.sample_and_kl(mu, logvar)          # eps drawn in-kernel (Philox)
+    loss = vae_fast.bernoulli_nll(logits, x, reduction="batchmean") + kl.mean()
+"""
+__version__ = "0.1.0"
+
+from . import _native  # noqa: F401  (loads vae_fast._C when built; never fails)
+from . import _ops
+from . import _triton_loader
+from ._backends import available_backends, use_backend
+from .functional import (
+    bernoulli_nll,
+    gaussian_kl,
+    gaussian_nll,
+    negative_elbo,
+    reparameterize,
+    sample_and_kl,
+)
+
+if _triton_loader.error is None:
+    _ops.register("vae_fast_triton", fakes=False)
+if _native.available():
+    _ops.register("vae_fast", fakes=True)
+
+__all__ = [
+    "available_backends", "use_backend", "reparameterize", "sample_and_kl", "gaussian_kl",
+    "bernoulli_nll", "gaussian_nll", "negative_elbo",
+]

@@ -1,0 +1,110 @@
+"""Which backends work here, the "auto" choice, and `use_backend`.
+
+A backend is a namespace of torch ops with the schemas of _schemas.py (`vae_fast` for the native
+"cpu"/"cuda" kernels, `vae_fast_triton` for "triton"), or "reference" (plain PyTorch autograd).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+
+import torch
+
+NAMES = ("auto", "triton", "cuda", "cpu", "reference")
+_NAMESPACE = {"triton": "vae_fast_triton", "cuda": "vae_fast", "cpu": "vae_fast"}
+_DEVICE = {"cuda": "cuda", "cpu": "cpu"}
+_state = threading.local()
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    available: bool
+    detail: str
+
+
+def _triton_status() -> Status:
+    from . import _triton_loader
+
+    if _triton_loader.error is not None:
+        return Status(False, f"triton could not be loaded: {_triton_loader.error}")
+    if torch.cuda.is_available():
+        return Status(True, f"triton {_triton_loader.version} on CUDA tensors")
+    if _triton_loader.interpreted:
+        return Status(True, f"triton {_triton_loader.version} interpreter (TRITON_INTERPRET=1) on CPU tensors")
+    return Status(False, "no CUDA device, and TRITON_INTERPRET=1 was not set before importing vae_fast")
+
+
+def _native_status(device_type: str) -> Status:
+    from . import _native
+
+    if not _native.available():
+        return Status(False, f"the native extension vae_fast._C is not loaded: {_native.why_not()}")
+    if device_type == "cpu":
+        return Status(True, "native C++ CPU kernels (vae_fast._C)")
+    if not _native.has_cuda():
+        return Status(False, "vae_fast._C was built without CUDA kernels")
+    if not torch.cuda.is_available():
+        return Status(False, "vae_fast._C has CUDA kernels but no CUDA device is available")
+    return Status(True, f"native CUDA kernels for {', '.join(_native.compiled_archs())}")
+
+
+def available_backends() -> dict[str, Status]:
+    """Every backend name with whether it works here and why (not)."""
+    return {
+        "triton": _triton_status(),
+        "cuda": _native_status("cuda"),
+        "cpu": _native_status("cpu"),
+        "reference": Status(True, "plain PyTorch (autograd), any device"),
+    }
+
+
+def auto_choice(device: torch.device) -> str:
+    """The backend "auto" picks for tensors on `device`: native first, then Triton, then reference."""
+    order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+    status = available_backends()
+    return next((name for name in order if status[name].available), "reference")
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Make `name` the default backend of the vae_fast functions inside the `with` block."""
+    check_name(name)
+    previous = getattr(_state, "default", "auto")
+    _state.default = name
+    try:
+        yield
+    finally:
+        _state.default = previous
+
+
+def check_name(name) -> str:
+    if name not in NAMES:
+        raise ValueError(f"backend: expected one of {', '.join(map(repr, NAMES))}, got {name!r}")
+    return name
+
+
+def current() -> str:
+    return getattr(_state, "default", "auto")
+
+
+_resolved: dict = {}
+
+
+def resolve(backend: str | None, device: torch.device):
+    """The op namespace for (backend, device), or None for the reference; raises if it can't run."""
+    name = check_name(current() if backend is None else backend)
+    key = (name, device.type)
+    if key in _resolved:
+        return _resolved[key]
+    if name == "auto":
+        name = auto_choice(device)
+    if name in _DEVICE and device.type != _DEVICE[name]:
+        raise RuntimeError(f"backend {name!r}: expected tensors on {_DEVICE[name]}, got {device}")
+    if name != "reference":
+        status = available_backends()[name]
+        if not status.available:
+            raise RuntimeError(f"backend {name!r} is not available: {status.detail}")
+    ns = None if name == "reference" else getattr(torch.ops, _NAMESPACE[name])
+    _resolved[key] = ns
+    return ns

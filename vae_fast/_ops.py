@@ -1,0 +1,89 @@
+"""Autograd for the fused ops of both namespaces (`vae_fast` native, `vae_fast_triton`), fakes for
+the native ones, and the RNG state that the sampling ops take as input."""
+from __future__ import annotations
+
+import torch
+
+from ._schemas import SCHEMAS
+from ._shapes import FAKES
+
+PHILOX_HIGH = 2 ** 62
+
+
+def philox_state(device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[seed, offset] drawn on `device` from its torch generator (or `generator`): no host sync."""
+    return torch.randint(0, PHILOX_HIGH, (2,), dtype=torch.int64, device=device, generator=generator)
+
+
+def _need(ctx, i: int) -> bool:
+    return ctx.needs_input_grad[i]
+
+
+def _autograd(ns):
+    """(setup_context, backward) per forward op, calling ns's backward ops."""
+
+    def setup_sampling(ctx, inputs, output):
+        mu, logvar, philox, num_samples = inputs
+        ctx.save_for_backward(mu, logvar, philox)
+        ctx.num_samples = num_samples
+
+    def reparameterize_bwd(ctx, grad_z):
+        _, logvar, philox = ctx.saved_tensors
+        glv = ns.reparameterize_backward(grad_z, logvar, philox, ctx.num_samples)
+        gmu = grad_z[0] if ctx.num_samples == 1 else grad_z.sum(0)
+        return gmu, glv, None, None
+
+    def sample_and_kl_bwd(ctx, grad_z, grad_kl):
+        mu, logvar, philox = ctx.saved_tensors
+        if grad_z is None:
+            grad_z = mu.new_zeros((ctx.num_samples, *mu.shape))
+        if grad_kl is None:
+            grad_kl = mu.new_zeros(mu.shape[:1])
+        gmu, glv = ns.sample_and_kl_backward(grad_z, grad_kl, mu, logvar, philox, ctx.num_samples)
+        return gmu, glv, None, None
+
+    def setup_kl(ctx, inputs, output):
+        mu, logvar, pmu, plv, ctx.reduction, ctx.scale = inputs
+        ctx.save_for_backward(mu, logvar, pmu, plv)
+
+    def kl_bwd(ctx, grad):
+        mu, logvar, pmu, plv = ctx.saved_tensors
+        gmu, glv, gplv = ns.gaussian_kl_backward(grad, mu, logvar, pmu, plv, ctx.reduction, ctx.scale)
+        return (gmu, glv, -gmu if pmu is not None and _need(ctx, 2) else None,
+                gplv if plv is not None else None, None, None)
+
+    def setup_bce(ctx, inputs, output):
+        logits, target, ctx.reduction, ctx.scale = inputs
+        ctx.save_for_backward(logits, target)
+
+    def bce_bwd(ctx, grad):
+        logits, target = ctx.saved_tensors
+        gl, gt = ns.bernoulli_nll_backward(grad, logits, target, ctx.reduction, ctx.scale, _need(ctx, 1))
+        return gl, gt if _need(ctx, 1) else None, None, None
+
+    def setup_gnll(ctx, inputs, output):
+        mean, logvar, target, ctx.reduction, ctx.scale = inputs
+        ctx.save_for_backward(mean, logvar, target)
+
+    def gnll_bwd(ctx, grad):
+        mean, logvar, target = ctx.saved_tensors
+        gm, glv = ns.gaussian_nll_backward(grad, mean, logvar, target, ctx.reduction, ctx.scale)
+        return gm, glv, -gm if _need(ctx, 2) else None, None, None
+
+    return {
+        "reparameterize": (setup_sampling, reparameterize_bwd),
+        "sample_and_kl": (setup_sampling, sample_and_kl_bwd),
+        "gaussian_kl": (setup_kl, kl_bwd),
+        "bernoulli_nll": (setup_bce, bce_bwd),
+        "gaussian_nll": (setup_gnll, gnll_bwd),
+    }
+
+
+def register(namespace: str, *, fakes: bool) -> None:
+    """Autograd (and, for ops defined in C++, fake kernels) for every op of `namespace`."""
+    ns = getattr(torch.ops, namespace)
+    if fakes:
+        for name in SCHEMAS:
+            torch.library.register_fake(f"{namespace}::{name}", FAKES[name])
+    for name, (setup, backward) in _autograd(ns).items():
+        torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)

@@ -1,0 +1,145 @@
+"""The public functional API. Each function validates its input once (messages name the
+argument), picks the backend, and calls the op; "reference" runs vae_fast.reference instead."""
+from __future__ import annotations
+
+import torch
+
+from . import _validate as check
+from . import reference
+from ._backends import resolve
+from ._ops import philox_state
+from ._schemas import NONE, ROWS, SUM
+
+
+def _reduction_args(x: torch.Tensor, reduction: str):
+    """reduction name -> (op code, scale)."""
+    check.reduction(reduction)
+    if reduction == "none":
+        return NONE, 1.0
+    if reduction == "sum":
+        return SUM, 1.0
+    if reduction == "mean":
+        return SUM, (1.0 / x.numel() if x.numel() else float("nan"))
+    check.at_least_1d("input", x)
+    return SUM, (1.0 / x.shape[0] if x.shape[0] else float("nan"))
+
+
+def _num_samples(num_samples) -> int:
+    return 1 if num_samples is None else check.positive_int("num_samples", num_samples)
+
+
+def _generator(generator, device: torch.device):
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != device.type:
+            raise RuntimeError(f"generator: expected a generator on {device.type} (the tensors' device), "
+                               f"got one on {generator.device}")
+    return generator
+
+
+def _reference_eps(mu, num_samples, generator):
+    shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
+    return torch.randn(shape, dtype=mu.dtype, device=mu.device, generator=generator)
+
+
+def reparameterize(mu, logvar, *, num_samples=None, generator=None, backend=None):
+    """z = mu + exp(0.5*logvar) * eps, eps ~ N(0, I) drawn inside the kernel (never stored).
+
+    Returns mu's shape, or (num_samples, *mu.shape) when num_samples is given.
+    """
+    check.pair("mu", mu, "logvar", logvar)
+    S = _num_samples(num_samples)
+    _generator(generator, mu.device)
+    ns = resolve(backend, mu.device)
+    if ns is None:
+        return reference.reparameterize(mu, logvar, _reference_eps(mu, num_samples, generator))
+    z = ns.reparameterize(mu, logvar.to(mu.dtype), philox_state(mu.device, generator), S)
+    return z[0] if num_samples is None else z
+
+
+def sample_and_kl(mu, logvar, *, num_samples=None, generator=None, backend=None):
+    """(z, kl_per_sample): reparameterized samples and KL(q || N(0, I)) summed over all dims but
+    the first, in one kernel forward and one backward."""
+    check.pair("mu", mu, "logvar", logvar)
+    check.at_least_1d("mu", mu)
+    S = _num_samples(num_samples)
+    _generator(generator, mu.device)
+    ns = resolve(backend, mu.device)
+    if ns is None:
+        z = reference.reparameterize(mu, logvar, _reference_eps(mu, num_samples, generator))
+        return z, reference.per_sample(reference.gaussian_kl(mu, logvar))
+    z, kl = ns.sample_and_kl(mu, logvar.to(mu.dtype), philox_state(mu.device, generator), S)
+    return (z[0] if num_samples is None else z), kl
+
+
+def _prior(name, p, mu):
+    check.prior(name, p, "mu", mu)
+    return None if p is None else p.to(mu.dtype).expand(mu.shape)
+
+
+def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None, *, reduction="sum", backend=None):
+    """KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)), the standard normal when no prior is
+    given; priors broadcast to mu's shape."""
+    check.pair("mu", mu, "logvar", logvar)
+    code, scale = _reduction_args(mu, reduction)
+    pmu, plv = _prior("prior_mu", prior_mu, mu), _prior("prior_logvar", prior_logvar, mu)
+    ns = resolve(backend, mu.device)
+    if ns is None:
+        return reference.reduce(reference.gaussian_kl(mu, logvar, prior_mu, prior_logvar), reduction)
+    return ns.gaussian_kl(mu, logvar.to(mu.dtype), pmu, plv, code, scale)
+
+
+def bernoulli_nll(logits, target, *, reduction="mean", backend=None):
+    """Binary cross-entropy on logits: a drop-in for F.binary_cross_entropy_with_logits
+    (same values, same `reduction` meaning and default), plus reduction="batchmean"."""
+    check.pair("logits", logits, "target", target)
+    code, scale = _reduction_args(logits, reduction)
+    ns = resolve(backend, logits.device)
+    if ns is None:
+        return reference.reduce(reference.bernoulli_nll(logits, target), reduction)
+    return ns.bernoulli_nll(logits, target.to(logits.dtype), code, scale)
+
+
+def gaussian_nll(mean, logvar, target, *, reduction="mean", backend=None):
+    """-log N(target; mean, e^logvar) with the 0.5*log(2*pi) term; logvar broadcasts to mean."""
+    check.pair("mean", mean, "target", target)
+    check.prior("logvar", logvar, "mean", mean)
+    code, scale = _reduction_args(mean, reduction)
+    ns = resolve(backend, mean.device)
+    if ns is None:
+        return reference.reduce(reference.gaussian_nll(mean, logvar, target), reduction)
+    return ns.gaussian_nll(mean, logvar.to(mean.dtype).expand(mean.shape), target.to(mean.dtype), code, scale)
+
+
+def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduction="batchmean",
+                  backend=None):
+    """-ELBO of a Bernoulli-decoder VAE: reconstruction NLL + beta * KL(q(z|x) || N(0, I)).
+
+    reduction: "none" (per sample), "sum", "batchmean" / "mean" (per sample, averaged).
+    free_bits > 0: each latent dim's batch-mean KL counts at least free_bits nats (batch level,
+    so not with "none")."""
+    check.pair("logits", logits, "target", target)
+    check.pair("mu", mu, "logvar", logvar)
+    check.at_least_1d("mu", mu)
+    check.reduction(reduction)
+    if mu.shape[0] != logits.shape[0]:
+        raise ValueError(f"mu: expected batch size {logits.shape[0]} (of logits), got {mu.shape[0]}")
+    if free_bits < 0:
+        raise ValueError(f"free_bits: expected >= 0, got {free_bits}")
+    ns = resolve(backend, logits.device)
+    if ns is None:
+        return reference.negative_elbo(logits, target, mu, logvar, beta=beta, free_bits=free_bits,
+                                       reduction=reduction)
+    target, logvar = target.to(logits.dtype), logvar.to(mu.dtype)
+    batch = mu.shape[0]
+    if free_bits > 0:
+        if reduction == "none":
+            raise ValueError("free_bits: needs reduction 'sum', 'mean' or 'batchmean', got 'none'")
+        kl_dims = ns.gaussian_kl(mu, logvar, None, None, NONE, 1.0).reshape(batch, -1).mean(0)
+        total = ns.bernoulli_nll(logits, target, SUM, 1.0) + beta * batch * kl_dims.clamp(min=free_bits).sum()
+        return total if reduction == "sum" else total / batch
+    if reduction == "none":
+        return ns.bernoulli_nll(logits, target, ROWS, 1.0) + beta * ns.gaussian_kl(mu, logvar, None, None, ROWS, 1.0)
+    scale = 1.0 if reduction == "sum" else 1.0 / batch if batch else float("nan")
+    return ns.bernoulli_nll(logits, target, SUM, scale) + ns.gaussian_kl(mu, logvar, None, None, SUM, beta * scale)
