@@ -357,7 +357,7 @@ def _tile(images: torch.Tensor, shape: tuple[int, int], cols: int, pad: int = 2)
     rows_img, cols_img = shape
     n = images.shape[0]
     rows = -(-n // cols)
-    canvas = torch.ones(rows * (rows_img + pad) + pad, cols * (cols_img + pad) + pad)
+    canvas = torch.full((rows * (rows_img + pad) + pad, cols * (cols_img + pad) + pad), 0.15)
     for i in range(n):
         r, c = divmod(i, cols)
         y, x = pad + r * (rows_img + pad), pad + c * (cols_img + pad)
