@@ -112,6 +112,27 @@ def gaussian_nll(mean, logvar, target, *, reduction="mean", backend=None):
     return ns.gaussian_nll(mean, logvar.to(mean.dtype).expand(mean.shape), target.to(mean.dtype), code, scale)
 
 
+def bernoulli_nll_per_sample(logits, target, *, backend=None):
+    """bernoulli_nll summed over all dims but the first, in the kernel: shape (batch,)."""
+    check.pair("logits", logits, "target", target)
+    check.at_least_1d("logits", logits)
+    ns = resolve(backend, logits.device)
+    if ns is None:
+        return reference.per_sample(reference.bernoulli_nll(logits, target))
+    return ns.bernoulli_nll(logits, target.to(logits.dtype), ROWS, 1.0)
+
+
+def gaussian_nll_per_sample(mean, logvar, target, *, backend=None):
+    """gaussian_nll summed over all dims but the first, in the kernel: shape (batch,)."""
+    check.pair("mean", mean, "target", target)
+    check.prior("logvar", logvar, "mean", mean)
+    check.at_least_1d("mean", mean)
+    ns = resolve(backend, mean.device)
+    if ns is None:
+        return reference.per_sample(reference.gaussian_nll(mean, logvar, target))
+    return ns.gaussian_nll(mean, logvar.to(mean.dtype).expand(mean.shape), target.to(mean.dtype), ROWS, 1.0)
+
+
 def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduction="batchmean",
                   backend=None):
     """-ELBO of a Bernoulli-decoder VAE: reconstruction NLL + beta * KL(q(z|x) || N(0, I)).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import reference
+from . import _backends, functional, reference
 
 DECODERS = ("bernoulli", "gaussian")
 
@@ -29,6 +29,22 @@ class ReferenceOps:
 
     def gaussian_nll(self, mean, logvar, target):
         return reference.per_sample(reference.gaussian_nll(mean, logvar, target))
+
+
+class FusedOps:
+    """Sampler and losses on the fused kernels of `backend` (eps drawn inside the kernel)."""
+
+    def __init__(self, backend: str = "auto"):
+        self.backend = self.name = _backends.check_name(backend)
+
+    def sample_and_kl(self, mu, logvar, generator=None):
+        return functional.sample_and_kl(mu, logvar, generator=generator, backend=self.backend)
+
+    def bernoulli_nll(self, logits, target):
+        return functional.bernoulli_nll_per_sample(logits, target, backend=self.backend)
+
+    def gaussian_nll(self, mean, logvar, target):
+        return functional.gaussian_nll_per_sample(mean, logvar, target, backend=self.backend)
 
 
 class VAE(nn.Module):

@@ -12,7 +12,8 @@ def eps_contiguous(seed, offset, base, BLOCK_R: tl.constexpr, BLOCK_C: tl.conste
     Needs base % 4 == 0: one Philox call feeds four neighbouring elements."""
     counters = offset + (base >> 2) + tl.arange(0, BLOCK_R * BLOCK_C // 4).to(tl.int64)
     n1, n2, n3, n4 = tl.randn4x(seed, counters)
-    eps = tl.join(tl.join(n1, n2), tl.join(n3, n4))  # [B/4, 2, 2] -> row-major: n1 n2 n3 n4
+    # join stacks on a new last axis: [k, j, l] = (n1, n3 | n2, n4)[l][j] -> row-major n1 n2 n3 n4
+    eps = tl.join(tl.join(n1, n3), tl.join(n2, n4))
     return tl.reshape(eps, [BLOCK_R, BLOCK_C])
 
 

@@ -5,8 +5,10 @@ triton_op also uses each function as the op's fake kernel, so they must stay sha
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 from .._schemas import NONE, ROWS, SCHEMAS, SUM
@@ -16,10 +18,22 @@ from . import kernels as k
 NAMESPACE = "vae_fast_triton"
 MAX_TILE = 2048       # elements per tile: 8 per thread at 8 warps
 INTERPRETER_PROGRAMS = 16
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def op(name):
-    return triton_op(f"{NAMESPACE}::{name}", mutates_args=(), schema=SCHEMAS[name])
+    """A triton_op, so torch.compile sees the kernels. Under TRITON_INTERPRET the kernels cannot be
+    traced into a graph, so the op stays opaque (a custom_op whose fake is the same function)."""
+    qualname = f"{NAMESPACE}::{name}"
+    if not INTERPRETED:
+        return triton_op(qualname, mutates_args=(), schema=SCHEMAS[name])
+
+    def define(fn):
+        custom = torch.library.custom_op(qualname, fn, mutates_args=(), schema=SCHEMAS[name])
+        custom.register_fake(fn)
+        return custom
+
+    return define
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,8 +56,8 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, scalar, **conste
     """Grid-stride launch of kernel(*tensors, R, C, scalar, n_tiles, **constexprs) over (R, C)."""
     block_r, block_c = tile_shape(R, C)
     n_tiles = -(-R // block_r) * -(-C // block_c)
-    if n_tiles == 0:
-        return
+    if n_tiles == 0 or (INTERPRETED and is_fake(like)):
+        return  # wrap_triton hands interpreted kernels back raw: they can't run on fake tensors
     grid = (min(n_tiles, max_programs(like.device)),)
     wrap_triton(kernel)[grid](*tensors, R, C, scalar, n_tiles, F64=like.dtype == torch.float64,
                               BLOCK_R=block_r, BLOCK_C=block_c,

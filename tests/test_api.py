@@ -1,0 +1,99 @@
+"""The public API: errors name the argument (the same from every backend), backend selection,
+use_backend, available_backends."""
+import pytest
+import torch
+
+import vae_fast
+from helpers import need
+
+BACKENDS = ("reference", "triton", "cpu", "cuda", "auto")
+
+
+def run_all(fn):
+    for backend in BACKENDS:
+        if backend not in ("reference", "auto") and not vae_fast.available_backends()[backend].available:
+            continue
+        if backend == "cuda":
+            continue  # CPU tensors below
+        fn(backend)
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda b: vae_fast.bernoulli_nll(torch.zeros(2, 3), torch.zeros(2, 4), backend=b), ValueError,
+     ["target", "(2, 3)", "(2, 4)"]),
+    (lambda b: vae_fast.bernoulli_nll(torch.zeros(2, dtype=torch.long), torch.zeros(2), backend=b), TypeError,
+     ["logits", "torch.int64"]),
+    (lambda b: vae_fast.bernoulli_nll([1.0], torch.zeros(1), backend=b), TypeError, ["logits", "list"]),
+    (lambda b: vae_fast.bernoulli_nll(torch.zeros(2), torch.zeros(2), reduction="avg", backend=b), ValueError,
+     ["reduction", "'avg'", "'batchmean'"]),
+    (lambda b: vae_fast.gaussian_kl(torch.zeros(2, 3), torch.zeros(3), backend=b), ValueError, ["logvar"]),
+    (lambda b: vae_fast.gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4), backend=b),
+     ValueError, ["prior_mu", "broadcastable", "(4,)"]),
+    (lambda b: vae_fast.reparameterize(torch.zeros(3), torch.zeros(3), num_samples=0, backend=b), ValueError,
+     ["num_samples", "positive", "0"]),
+    (lambda b: vae_fast.reparameterize(torch.zeros(3), torch.zeros(3), generator=3, backend=b), TypeError,
+     ["generator"]),
+    (lambda b: vae_fast.sample_and_kl(torch.tensor(1.0), torch.tensor(1.0), backend=b), ValueError,
+     ["mu", "dimension"]),
+    (lambda b: vae_fast.negative_elbo(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 2),
+                                      torch.zeros(3, 2), backend=b), ValueError, ["mu", "batch size"]),
+    (lambda b: vae_fast.gaussian_nll(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3).half(),
+                                     backend=b), None, []),
+])
+def test_bad_input_gives_the_same_clear_error_on_every_backend(call, error, words):
+    def check(backend):
+        if error is None:
+            call(backend)  # mixed float dtypes are accepted (cast to the first input's dtype)
+            return
+        with pytest.raises(error) as info:
+            call(backend)
+        for word in words:
+            assert word in str(info.value), (backend, str(info.value))
+
+    run_all(check)
+
+
+def test_unknown_backend_and_wrong_device():
+    with pytest.raises(ValueError, match="backend: expected one of .*'triton'.*got 'tpu'"):
+        vae_fast.bernoulli_nll(torch.zeros(2), torch.zeros(2), backend="tpu")
+    with pytest.raises(RuntimeError, match="backend 'cuda'"):
+        vae_fast.bernoulli_nll(torch.zeros(2), torch.zeros(2), backend="cuda")
+    with pytest.raises(ValueError, match="backend"):
+        with vae_fast.use_backend("nope"):
+            pass
+
+
+def test_generator_on_the_wrong_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA (a CUDA generator with CPU tensors and vice versa)")
+    with pytest.raises(RuntimeError, match="generator"):
+        vae_fast.reparameterize(torch.zeros(3), torch.zeros(3), generator=torch.Generator("cuda"))
+
+
+def test_available_backends_says_why():
+    status = vae_fast.available_backends()
+    assert set(status) == {"triton", "cuda", "cpu", "reference"}
+    assert status["reference"].available
+    for s in status.values():
+        assert isinstance(s.detail, str) and s.detail
+
+
+def test_use_backend_sets_the_default(monkeypatch):
+    need("triton")
+    calls = []
+    original = torch.ops.vae_fast_triton.bernoulli_nll
+    monkeypatch.setattr(vae_fast._backends, "_resolved", {})
+    with vae_fast.use_backend("triton"):
+        ns = vae_fast._backends.resolve(None, torch.device("cpu" if not torch.cuda.is_available() else "cuda"))
+        calls.append(ns)
+    assert calls[0] is torch.ops.vae_fast_triton
+    assert vae_fast._backends.current() == "auto"
+    del original
+
+
+def test_auto_picks_a_backend_that_runs_here():
+    choice = vae_fast._backends.auto_choice(torch.device("cpu"))
+    assert choice in ("cpu", "reference")
+    assert choice == "reference" or vae_fast.available_backends()[choice].available
+    x, t = torch.randn(3, 4), torch.rand(3, 4)
+    torch.testing.assert_close(vae_fast.bernoulli_nll(x, t), torch.nn.functional.binary_cross_entropy_with_logits(x, t))
