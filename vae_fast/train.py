@@ -317,7 +317,7 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, stdout, t_st
         "train_time_s": train_time,
         "iw_time_s": iw_time,
         "wall_time_s": None,  # set below, after the files are written
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     if env.main:
         write_outputs(model, config, dataset, metrics, t_start)
@@ -336,7 +336,7 @@ def write_outputs(model: VAE, config: TrainConfig, dataset: data_mod.MNIST, metr
     torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "config": dataclasses.asdict(config), "in_dim": model.in_dim,
                 "image_shape": list(dataset.image_shape), "epochs": len(metrics["epochs"]),
-                "torch_version": torch.__version__},
+                "torch_version": str(torch.__version__)},
                os.path.join(out, CHECKPOINT_FILE))
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(config.seed)
