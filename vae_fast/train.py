@@ -157,15 +157,22 @@ def build_ops(backend: str, device: torch.device, latent: int):
                           "(vae_fast.models.FusedOps is missing); use --backend reference") from None
     try:
         ops = FusedOps(backend)
+    except Exception as e:  # an unknown name
+        raise ConfigError(f"--backend {backend}: {_first_line(e)}") from None
+    try:
         # a probe on tiny tensors, with a private generator (the global RNG stays untouched)
         gen = torch.Generator(device=device).manual_seed(0)
         mu = torch.zeros(2, latent, device=device)
         ops.sample_and_kl(mu, torch.zeros_like(mu), generator=gen)
         ops.bernoulli_nll(torch.zeros(2, 3, device=device), torch.full((2, 3), 0.5, device=device))
     except Exception as e:  # any failure of an optional backend -> one clean line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--backend {backend}: cannot run on {device}: {msg}") from None
+        raise ConfigError(f"--backend {backend}: cannot run on {device}: {_first_line(e)}") from None
     return ops
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ------------------------------------------------------------------------------- training
@@ -213,16 +220,19 @@ def train(config: TrainConfig, *, stdout=None) -> dict:
     t_start = time.perf_counter()
     config = dataclasses.replace(config).validate()
     stdout = stdout if stdout is not None else sys.stdout
-    dataset = data_mod.load(config.data_dir)  # before any process group: errors stay simple
+    # option, backend and data errors come before any process group exists: they stay simple
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    ops = build_ops(config.backend, device, config.latent)
+    dataset = data_mod.load(config.data_dir)
     env = setup_distributed(config.device)
     try:
-        return _train(config, env, dataset, stdout, t_start)
+        return _train(config, env, dataset, ops, stdout, t_start)
     finally:
         if env.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, stdout, t_start) -> dict:
+def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout, t_start) -> dict:
     from tqdm import tqdm
 
     threads = set_threads(config, env)
@@ -232,7 +242,6 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, stdout, t_st
         if verbose:
             print(msg, file=stdout, flush=True)
 
-    ops = build_ops(config.backend, env.device, config.latent)
     if env.main:
         os.makedirs(config.out, exist_ok=True)
 
