@@ -97,8 +97,57 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ bench
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    from . import bench
+
+    p = subparsers.add_parser(
+        "bench", help="benchmark the fused ops against eager, torch.compile and the copy bandwidth",
+        description="Time each op (forward and forward+backward) on every fused backend that runs "
+                    "here, the eager reference and torch.compile of the reference, with the "
+                    "bandwidth of a device-to-device copy measured in the same run, plus the "
+                    "per-call dispatch overhead. Prints a table; writes bench.json and bench.png to "
+                    "--out (default: benchmarks/results/<device> for a full GPU run, else "
+                    "runs/bench/<device>). On a CPU-only machine set TRITON_INTERPRET=1 to include "
+                    "the Triton kernels (interpreted, --quick only).")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny shapes, float32, few repeats: checks the suite runs (CI), not speed")
+    p.add_argument("--backends", nargs="+", choices=bench.FUSED_BACKENDS, metavar="NAME",
+                   help=f"fused backends ({', '.join(bench.FUSED_BACKENDS)}; default: every one "
+                        "available; the eager and compiled baselines always run)")
+    p.add_argument("--ops", nargs="+", choices=bench.OPS, metavar="OP",
+                   help=f"ops ({', '.join(bench.OPS)}; default: all)")
+    p.add_argument("--dtypes", nargs="+", choices=tuple(bench.DTYPES), metavar="DTYPE",
+                   help="float32 and/or bfloat16 (default: both; float32 with --quick)")
+    p.add_argument("--shapes", nargs="+", metavar="NAME",
+                   help="shape names (full: " + ", ".join(s.name for s in bench.FULL_SHAPES) +
+                        "; --quick: " + ", ".join(s.name for s in bench.QUICK_SHAPES) + "; default: all)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: cuda when available, else cpu")
+    p.add_argument("--compile-backend", choices=bench.COMPILE_BACKENDS, default=None,
+                   help="torch.compile backend of the compiled baseline (default: inductor; aot_eager "
+                        "on the CPU with --quick; none skips it)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default=None, metavar="DIR", help="output directory")
+    p.set_defaults(func=run_bench, parser=p)
+    return p
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchError, Options, run
+
+    options = Options(quick=args.quick, backends=args.backends, ops=args.ops, dtypes=args.dtypes,
+                      shapes=args.shapes, device=args.device, compile_backend=args.compile_backend,
+                      threads=args.threads, out=args.out)
+    try:
+        run(options)
+    except BenchError as e:
+        args.parser.error(str(e))
+    return 0
+
+
 # -------------------------------------------------------------------------------- main
-SUBCOMMANDS = [add_train_parser]  # add_info_parser, add_bench_parser, ... go here
+SUBCOMMANDS = [add_train_parser, add_bench_parser]  # add_info_parser, add_bench_parser, ... go here
 
 
 def build_parser() -> argparse.ArgumentParser:
