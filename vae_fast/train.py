@@ -282,7 +282,8 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
         net.train()
         neg_elbo_sum, seen = torch.zeros((), dtype=torch.float64, device=env.device), 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
-                   disable=not verbose, file=sys.stderr, dynamic_ncols=True)
+                   file=sys.stderr, dynamic_ncols=True,
+                   disable=None if verbose else True)  # None: only when stderr is a terminal
         for x in bar:
             neg_elbo, _, _ = net(x)
             loss = neg_elbo.mean()
