@@ -9,6 +9,10 @@ What is measured (one *case* = op x direction x shape x dtype, one *row* = a cas
   (reduction "mean"), `negative_elbo` (reduction "batchmean"), and `vae_step`: the reference VAE of
   vae_fast.models (784-400-20 MLP) on a batch; its "fwd" is the loss, its "fwd+bwd" a whole
   training step (forward, backward and torch.optim.Adam step).
+- shapes (`FULL_SHAPES`): "mnist" (latents mu/logvar 128x20, images logits/target 128x784),
+  latent-diffusion latents "ld-8x4x128x128" and "ld-8x16x64x64", streams "stream-2^24" and
+  "stream-2^26" (128 rows); outside "mnist" one shape serves as both latents and images. dtypes
+  float32 and bfloat16. --quick (`QUICK_SHAPES`): "mnist" and "stream-2^12", float32.
 - directions: "fwd" (inputs do not require grad) and "fwd+bwd" (forward, then
   `torch.autograd.grad` of the outputs with fixed random output gradients).
 - impls: every fused backend that runs on the device ("triton", "cuda", "cpu"; Triton on CPU
@@ -22,10 +26,12 @@ What is measured (one *case* = op x direction x shape x dtype, one *row* = a cas
   A row's `copy_fraction` is its achieved GB/s over that copy's GB/s (small shapes live in cache and
   may exceed 1).
 - peak memory: on a GPU, torch.cuda.max_memory_allocated during one call minus what was allocated
-  before it (inputs, gradients buffers and model state excluded; temporaries and outputs included).
+  before it (inputs, output gradients and model state excluded; temporaries and outputs included).
   null on the CPU (PyTorch has no allocator statistics for CPU tensors).
+- dispatch overhead: microseconds per call of bernoulli_nll on tiny tensors through plain torch, the
+  reference math, the public API and each fused op called directly (`dispatch_overhead`).
 
-Minimum bytes an op must move (`min_bytes`; b = bytes per element, N = elements of mu / logvar,
+Minimum bytes an op must move (`min_bytes`: the elements below times the bytes per element; N = elements of mu / logvar,
 M = elements of logits / target, B = rows (batch) = mu.shape[0]; 0-d results and 0-d output
 gradients are not counted). eps is drawn in-kernel, so it is never read or written:
 
@@ -244,10 +250,11 @@ def make_step(case: Case, impl: str, compile_backend: str = "inductor") -> Calla
 
 
 def _vae_step(case: Case, impl: str, compile_backend: str):
-    (batch, in_dim), latent = case.shape.data, case.shape.latent[1]
-    torch.manual_seed(0)
     ops = ReferenceOps() if impl in BASELINES else FusedOps(impl)
-    model = VAE(in_dim=in_dim, hidden=VAE_HIDDEN, latent=latent, ops=ops).to(case.device, case.dtype)
+    with torch.random.fork_rng(devices=[]):  # the same initial weights for every impl
+        torch.manual_seed(0)
+        model = VAE(in_dim=case.shape.data[1], hidden=VAE_HIDDEN, latent=case.shape.latent[1], ops=ops)
+    model = model.to(case.device, case.dtype)
     x = make_inputs(case)["target"]  # pixel intensities in [0, 1]
 
     def loss(x):
@@ -335,12 +342,21 @@ def peak_memory(fn, device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def copy_bandwidth(device: torch.device, elements: int, timer: TimerConfig) -> dict:
-    """GB/s of `dst.copy_(src)` on float32 buffers of `elements` (bytes moved = 2 x size)."""
+def copy_elements(device: torch.device, quick: bool) -> int:
+    """float32 elements of the copy baseline's buffers: 256 MiB each on a GPU (far above any L2)."""
+    return (1 << 26) if device.type == "cuda" else (1 << 20 if quick else 1 << 24)
+
+
+def copy_step(device: torch.device, elements: int) -> tuple[Callable, int]:
+    """(`dst.copy_(src)` on float32 buffers of `elements`, bytes it moves = 2 x size)."""
     src = torch.ones(elements, device=device)
     dst = torch.empty_like(src)
-    timing = measure(lambda: dst.copy_(src), device, timer)
-    moved = 2 * src.numel() * src.element_size()
+    return (lambda: dst.copy_(src)), 2 * src.numel() * src.element_size()
+
+
+def copy_bandwidth(device: torch.device, elements: int, timer: TimerConfig) -> dict:
+    fn, moved = copy_step(device, elements)
+    timing = measure(fn, device, timer)
     return {"elements": elements, "dtype": "float32", "bytes": moved, "median_s": timing.median_s,
             "number": timing.number, "repeats": len(timing.samples), "gbps": moved / timing.median_s / 1e9}
 
@@ -431,6 +447,8 @@ def fused_backends(device: torch.device, quick: bool, wanted=None) -> tuple[list
             notes.append(f"{name}: not available ({status[name].detail})")
         elif name in ("cuda", "cpu") and device.type != name:
             notes.append(f"{name}: runs on {name} tensors, this run is on {device.type}")
+        elif name == "triton" and device.type == "cpu" and not _triton_loader.interpreted:
+            notes.append("triton: runs on CPU tensors only in the interpreter (TRITON_INTERPRET=1)")
         elif name == "triton" and device.type == "cpu" and not quick:
             notes.append("triton: on the CPU only the interpreter runs it; measured with --quick only")
         else:
@@ -602,7 +620,7 @@ def run(options: Options, stdout=None) -> dict:
     for note in left_out:
         log(f"  left out: {note}")
 
-    copy_elems = (1 << 26) if device.type == "cuda" else (1 << 20 if quick else 1 << 24)
+    copy_elems = copy_elements(device, quick)
     report["copy"] = copy_bandwidth(device, copy_elems, timer)
     log(f"copy baseline: dst.copy_(src), 2 x {copy_elems * 4 / 2**20:.0f} MiB: "
         f"{report['copy']['gbps']:.1f} GB/s")

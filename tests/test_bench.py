@@ -1,0 +1,140 @@
+"""`vae-fast bench --quick` on the CPU: the JSON report's schema (every row, the copy baseline, the
+dispatch overhead), the byte model, the table and the plot; and the guard that keeps CPU results
+out of benchmarks/results/. One quick run (tiny shapes, one thread) serves every test."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vae_fast
+from vae_fast import bench, cli
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ)  # TRITON_INTERPRET=1 from conftest (no GPU): triton runs interpreted
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run([sys.executable, "-m", "vae_fast", "bench", "--quick", "--device", "cpu",
+                           "--threads", "1", "--out", str(out)],
+                          cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "bench.json") as f:
+        return out, json.load(f), proc.stdout
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_report_header(quick_run):
+    _, report, _ = quick_run
+    assert report["quick"] is True
+    assert report["device"]["type"] == "cpu" and report["device"]["name"]
+    assert report["versions"]["torch"] == torch.__version__
+    assert "triton" in report["versions"] and "commit" in report["git"]
+    assert report["date"].startswith("20")
+    assert report["options"]["compile_backend"] == "aot_eager"
+    assert any("peak_mem_bytes is null" in note for note in report["notes"])
+
+
+def test_copy_baseline(quick_run):
+    _, report, _ = quick_run
+    copy = report["copy"]
+    assert copy["bytes"] == 2 * copy["elements"] * 4
+    assert positive(copy["median_s"]) and positive(copy["gbps"])
+    assert copy["gbps"] == pytest.approx(copy["bytes"] / copy["median_s"] / 1e9)
+
+
+def test_every_row_has_the_schema_and_positive_numbers(quick_run):
+    _, report, _ = quick_run
+    rows = report["rows"]
+    assert rows
+    for row in rows:
+        assert set(row) == set(bench.ROW_KEYS), row
+        assert row["error"] is None, row
+        assert positive(row["median_s"]) and row["number"] >= 1 and row["repeats"] >= 1, row
+        assert positive(row["speedup_vs_eager"]) and positive(row["speedup_vs_compiled"]), row
+        assert row["peak_mem_bytes"] is None  # the CPU keeps no allocator statistics
+        if row["op"] == "vae_step":
+            assert row["min_bytes"] is None and row["gbps"] is None and row["copy_fraction"] is None
+        else:
+            assert positive(row["min_bytes"]) and positive(row["gbps"]) and positive(row["copy_fraction"]), row
+            assert row["gbps"] == pytest.approx(row["min_bytes"] / row["median_s"] / 1e9)
+            assert row["copy_fraction"] == pytest.approx(row["gbps"] / report["copy"]["gbps"])
+        if row["impl"] == "eager":
+            assert row["speedup_vs_eager"] == pytest.approx(1.0)
+
+
+def test_every_op_direction_shape_and_impl_is_measured(quick_run):
+    _, report, _ = quick_run
+    impls = {"eager", "compiled", *report["options"]["backends"]}
+    if vae_fast.available_backends()["triton"].available:  # interpreted: --quick includes it
+        assert "triton" in impls
+    found = {(r["op"], r["direction"], r["shape"], r["impl"]) for r in report["rows"]}
+    for op in bench.OPS:
+        shapes = ["mnist"] if op == "vae_step" else ["mnist", "stream-2^12"]
+        for direction in bench.DIRECTIONS:
+            for shape in shapes:
+                for impl in impls:
+                    assert (op, direction, shape, impl) in found
+    assert {r["dtype"] for r in report["rows"]} == {"float32"}
+
+
+def test_min_bytes_by_hand(quick_run):
+    """Spot checks of the byte model (module docstring of vae_fast.bench) on the MNIST shapes:
+    latents 128x20 (N = 2560, B = 128), images 128x784 (M = 100352), float32."""
+    _, report, _ = quick_run
+    by = {(r["op"], r["direction"]): r["min_bytes"] for r in report["rows"] if r["shape"] == "mnist"}
+    N, M, B = 128 * 20, 128 * 784, 128
+    assert by["reparameterize", "fwd"] == 4 * 3 * N
+    assert by["reparameterize", "fwd+bwd"] == 4 * 6 * N
+    assert by["gaussian_kl", "fwd+bwd"] == 4 * 6 * N
+    assert by["sample_and_kl", "fwd"] == 4 * (3 * N + B)
+    assert by["sample_and_kl", "fwd+bwd"] == 4 * (8 * N + 2 * B)
+    assert by["bernoulli_nll", "fwd"] == 4 * 2 * M
+    assert by["bernoulli_nll", "fwd+bwd"] == 4 * 5 * M
+    assert by["negative_elbo", "fwd+bwd"] == 4 * (5 * M + 6 * N)
+
+
+def test_dispatch_overhead(quick_run):
+    _, report, _ = quick_run
+    d = report["dispatch"]
+    calls = {r["call"]: r for r in d["rows"]}
+    for call in ("torch F.binary_cross_entropy_with_logits",
+                 "vae_fast.bernoulli_nll(backend='reference')"):
+        assert positive(calls[call]["us_per_call"])
+    for b in report["options"]["backends"]:
+        assert positive(calls[f"vae_fast.bernoulli_nll(backend={b!r})"]["us_per_call"])
+        assert isinstance(d["python_layer_us"][b], float)
+    assert set(d["python_layer_us"]) == set(report["options"]["backends"])
+
+
+def test_table_and_plot(quick_run):
+    out, report, stdout = quick_run
+    assert "x eager" in stdout and "x compiled" in stdout and "dispatch overhead" in stdout
+    assert "copy baseline" in stdout
+    assert (out / "bench.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cpu_results_stay_out_of_benchmarks_results(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "benchmarks" / "results" / "x")])
+    assert "full GPU runs only" in capsys.readouterr().err
+    assert not (tmp_path / "benchmarks").exists()
+
+
+def test_bad_names_are_usage_errors(capsys):
+    for args in (["--shapes", "huge"], ["--backends", "tpu"], ["--ops", "softmax"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["bench", "--quick", *args])
+        assert info.value.code == 2
+    assert "huge" in capsys.readouterr().err
