@@ -1,0 +1,644 @@
+// CPU kernels of every vae_fast op (docs/ops.md).
+//
+// Layout of the work: the flat element range is cut into blocks of at most kBlock elements that
+// never straddle a row of the ROWS reduction (a block holds whole rows, or one piece of a row), and
+// at::parallel_for hands out runs of blocks. Each block converts its inputs to the compute type
+// (float, or double for double), runs the element math of kernels/ over plain arrays, then stores
+// or sums. Sums: per block in the compute type, across blocks in double, always in the same order,
+// so results do not depend on the number of threads.
+//
+// The array loops are compiled three times (AVX-512, AVX2, baseline x86-64; GCC picks one at load
+// time) and call the branch-free float math of kernels/fastmath.h so that they vectorise.
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "csrc/common.h"
+#include "kernels/philox.h"
+#include "kernels/philox_x86.h"
+#include "kernels/vae_math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define VAE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VAE_CLONES
+#endif
+
+namespace vae_fast {
+namespace {
+
+constexpr int64_t kBlock = 1024;      // elements per block: the block buffers stay in L1
+constexpr int64_t kTaskBlocks = 16;   // at least this many blocks per parallel task
+
+// ---------------------------------------------------------------------------------------------
+// Array loops over the compute type T (float or double). Each is one formula of kernels/ applied
+// elementwise; n <= kBlock.
+
+// Philox words of counters first .. first+n-1 into w[0..3][0..n): AVX-512 / AVX2 / scalar
+void philox_words(uint64_t seed, uint64_t first, int64_t n, uint32_t* const w[4]) {
+#if defined(VAE_HAVE_PHILOX_X86)
+  static const int isa = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2");
+  if (isa == 2) return vae::x86::philox_words_avx512(seed, first, n, w);
+  if (isa == 1) return vae::x86::philox_words_avx2(seed, first, n, w);
+#endif
+  for (int64_t g = 0; g < n; ++g) {
+    const vae::Philox4 p = vae::philox_words(seed, first, static_cast<uint64_t>(g));
+    for (int k = 0; k < 4; ++k) w[k][g] = p.x[k];
+  }
+}
+
+// tl.randn4x of n groups from their words, interleaved: out[4g + k] is normal k of group g
+VAE_CLONES void normals_of_words(const uint32_t* w0, const uint32_t* w1, const uint32_t* w2,
+                                 const uint32_t* w3, int64_t n, float* out) {
+  for (int64_t g = 0; g < n; ++g) {
+    vae::box_muller(vae::uint_to_uniform(w0[g]), vae::uint_to_uniform(w1[g]), &out[4 * g],
+                    &out[4 * g + 1]);
+    vae::box_muller(vae::uint_to_uniform(w2[g]), vae::uint_to_uniform(w3[g]), &out[4 * g + 2],
+                    &out[4 * g + 3]);
+  }
+}
+
+// eps of flat elements [i0, i0 + n) of the RNG contract (docs/rng.md); n <= kBlock
+void fill_eps(float* out, uint64_t seed, uint64_t offset, int64_t i0, int64_t n) {
+  constexpr int64_t kGroups = kBlock / 4 + 2;
+  alignas(64) uint32_t words[4][kGroups];
+  alignas(64) float normals[4 * kGroups];
+  uint32_t* const w[4] = {words[0], words[1], words[2], words[3]};
+  const int64_t g0 = i0 >> 2;
+  const int64_t ng = ((i0 + n + 3) >> 2) - g0;
+  philox_words(seed, offset + static_cast<uint64_t>(g0), ng, w);
+  normals_of_words(w[0], w[1], w[2], w[3], ng, normals);
+  std::memcpy(out, normals + (i0 - 4 * g0), n * sizeof(float));
+}
+
+template <class T> VAE_CLONES T sum(const T* v, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += v[i];
+  return s;
+}
+
+template <class T> VAE_CLONES void std_loop(const T* lv, T* sd, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) sd[i] = vae::std_of(lv[i]);
+}
+
+template <class T>
+VAE_CLONES void sample_loop(const T* mu, const T* sd, const float* eps, T* z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) z[i] = vae::sample(mu[i], sd[i], static_cast<T>(eps[i]));
+}
+
+// grad_logvar += d z / d logvar * grad_z (one sample's share)
+template <class T>
+VAE_CLONES void sample_grad_loop(const T* gz, const T* sd, const float* eps, T* glv, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    glv[i] += vae::sample_grad_logvar(gz[i], sd[i], static_cast<T>(eps[i]));
+}
+
+template <class T> VAE_CLONES void add_loop(const T* a, T* acc, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += a[i];
+}
+
+template <class T> VAE_CLONES void kl_std_loop(const T* mu, const T* lv, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = vae::kl_std(mu[i], lv[i]);
+}
+
+template <class T>
+VAE_CLONES void kl_std_grad_loop(const T* g, const T* mu, const T* lv, T* gmu, T* glv, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) vae::kl_std_grad(g[i], mu[i], lv[i], &gmu[i], &glv[i]);
+}
+
+template <class T>
+VAE_CLONES void kl_loop(const T* mu, const T* lv, const T* pmu, const T* plv, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = vae::kl(mu[i], lv[i], pmu[i], plv[i]);
+}
+
+template <class T>
+VAE_CLONES void kl_grad_loop(const T* g, const T* mu, const T* lv, const T* pmu, const T* plv,
+                             T* gmu, T* glv, T* gplv, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    vae::kl_grad(g[i], mu[i], lv[i], pmu[i], plv[i], &gmu[i], &glv[i], &gplv[i]);
+}
+
+template <class T> VAE_CLONES void bce_loop(const T* x, const T* t, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = vae::bce(x[i], t[i]);
+}
+
+template <class T>
+VAE_CLONES void bce_grad_loop(const T* g, const T* x, const T* t, T* gx, T* gt, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gx[i] = vae::bce_grad_logits(g[i], x[i], t[i]);
+  if (gt)
+    for (int64_t i = 0; i < n; ++i) gt[i] = vae::bce_grad_target(g[i], x[i]);
+}
+
+template <class T>
+VAE_CLONES void gnll_loop(const T* m, const T* lv, const T* t, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = vae::gauss_nll(m[i], lv[i], t[i]);
+}
+
+template <class T>
+VAE_CLONES void gnll_grad_loop(const T* g, const T* m, const T* lv, const T* t, T* gm, T* glv,
+                               int64_t n) {
+  for (int64_t i = 0; i < n; ++i) vae::gauss_nll_grad(g[i], m[i], lv[i], t[i], &gm[i], &glv[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block plumbing: conversion between the storage type S and the compute type T.
+
+// inputs [p, p + n) as T: the pointer itself when S is T, else converted into buf
+template <class T, class S> const T* load(const S* p, int64_t n, T* buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    return p;
+  } else {
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(p[i]);
+    return buf;
+  }
+}
+// where to compute an output block: in place when S is T, else in buf (then call flush)
+template <class T, class S> T* out_ptr(S* p, T* buf) {
+  if constexpr (std::is_same_v<S, T>) return p; else return buf;
+}
+template <class T, class S> void flush(S* p, const T* v, int64_t n) {
+  if constexpr (!std::is_same_v<S, T>)
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<S>(v[i]);
+}
+
+// Runs block(begin, n, vals) over the elements [0, R*C) of R rows of C, in blocks that never
+// straddle a row. With sums, block must write its n element terms into vals (kBlock of T), and
+// sums[r] receives the sum over row r; without, vals is a null pointer.
+template <class T, class Block>
+void for_blocks(int64_t R, int64_t C, double* sums, const Block& block) {
+  if (R == 0) return;
+  if (C == 0) {
+    if (sums) std::fill(sums, sums + R, 0.0);
+    return;
+  }
+  if (C <= kBlock) {  // blocks of whole rows
+    const int64_t G = kBlock / C, nblocks = (R + G - 1) / G;
+    at::parallel_for(0, nblocks, kTaskBlocks, [&](int64_t b0, int64_t b1) {
+      alignas(64) T vals[kBlock];
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * G, r1 = std::min(R, r0 + G);
+        block(r0 * C, (r1 - r0) * C, sums ? vals : nullptr);
+        if (sums)
+          for (int64_t r = r0; r < r1; ++r) sums[r] = sum(vals + (r - r0) * C, C);
+      }
+    });
+    return;
+  }
+  const int64_t P = (C + kBlock - 1) / kBlock;  // pieces of a row
+  std::vector<double> part(sums ? R * P : 0);
+  at::parallel_for(0, R * P, kTaskBlocks, [&](int64_t q0, int64_t q1) {
+    alignas(64) T vals[kBlock];
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t r = q / P, p = q % P, n = std::min(kBlock, C - p * kBlock);
+      block(r * C + p * kBlock, n, sums ? vals : nullptr);
+      if (sums) part[q] = sum(vals, n);
+    }
+  });
+  if (sums)
+    for (int64_t r = 0; r < R; ++r) {
+      double s = 0;
+      for (int64_t p = 0; p < P; ++p) s += part[r * P + p];
+      sums[r] = s;
+    }
+}
+
+// per-row values v[r] broadcast to the elements [begin, begin + n) of rows of C
+template <class T, class S>
+void broadcast_rows(const S* v, double scale, int64_t C, int64_t begin, int64_t n, T* out) {
+  for (int64_t k = 0; k < n;) {
+    const int64_t r = (begin + k) / C, end = std::min(n, (r + 1) * C - begin);
+    const T val = static_cast<T>(static_cast<T>(v[r]) * scale);
+    std::fill(out + k, out + end, val);
+    k = end;
+  }
+}
+
+// g of the backward formulas for elements [begin, begin + n): grad[i] (NONE), scale*grad (SUM),
+// scale*grad[row] (ROWS)
+template <class T, class S>
+const T* grad_block(const S* grad, int64_t reduction, double scale, int64_t C, int64_t begin,
+                    int64_t n, T* buf) {
+  if (reduction == kNone) return load(grad + begin, n, buf);
+  if (reduction == kSum) {
+    std::fill(buf, buf + n, static_cast<T>(static_cast<T>(grad[0]) * scale));
+    return buf;
+  }
+  broadcast_rows(grad, scale, C, begin, n, buf);
+  return buf;
+}
+
+// The forward of an elementwise loss: terms(begin, n, out) writes the terms of elements
+// [begin, begin + n) as T; the result is shaped by the reduction (docs/ops.md).
+template <class S, class Terms>
+at::Tensor reduce_forward(const at::Tensor& x, int64_t reduction, double scale, const Terms& terms) {
+  using T = at::opmath_type<S>;
+  const int64_t n = x.numel();
+  at::Tensor out = at::empty(reduced_shape(x, reduction), x.options());
+  if (reduction == kNone) {
+    S* o = out.data_ptr<S>();
+    for_blocks<T>(1, n, nullptr, [&](int64_t b, int64_t len, T*) {
+      alignas(64) T buf[kBlock];
+      T* v = out_ptr(o + b, buf);
+      terms(b, len, v);
+      flush(o + b, v, len);
+    });
+    return out;
+  }
+  const int64_t R = reduction == kRows ? rows_of(x) : 1;
+  std::vector<double> sums(R, 0.0);
+  for_blocks<T>(R, R ? n / R : 0, sums.data(),
+                [&](int64_t b, int64_t len, T* vals) { terms(b, len, vals); });
+  S* o = out.data_ptr<S>();
+  for (int64_t r = 0; r < R; ++r) o[r] = static_cast<S>(static_cast<T>(sums[r] * scale));
+  return out;
+}
+
+// C of the rows a backward op's g follows (any value for NONE / SUM)
+int64_t row_len(const at::Tensor& x, int64_t reduction) {
+  const int64_t R = rows_of(x);
+  return reduction == kRows && R > 0 ? x.numel() / R : std::max<int64_t>(x.numel(), 1);
+}
+
+struct PhiloxState {
+  uint64_t seed, offset;
+};
+PhiloxState read_philox(const at::Tensor& philox) {
+  const at::Tensor p = philox.contiguous();
+  const int64_t* d = p.data_ptr<int64_t>();
+  return {static_cast<uint64_t>(d[0]), static_cast<uint64_t>(d[1])};
+}
+
+#define VAE_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// ---------------------------------------------------------------------------------------------
+// Ops
+
+// z and (with kl) the KL row sums; one pass over mu/logvar, num_samples passes over z
+std::tuple<at::Tensor, at::Tensor> sample_impl(const at::Tensor& mu_, const at::Tensor& logvar_,
+                                               const at::Tensor& philox, int64_t num_samples,
+                                               bool with_kl) {
+  check_float(mu_, "mu");
+  check_like(logvar_, "logvar", mu_, "mu");
+  check_philox(philox, mu_);
+  check_samples(num_samples);
+  const at::Tensor mu = mu_.contiguous(), logvar = logvar_.contiguous();
+  const PhiloxState st = read_philox(philox);
+  const int64_t N = mu.numel(), R = with_kl ? rows_of(mu) : 1;
+  at::Tensor z = at::empty(sample_shape(mu, num_samples), mu.options());
+  at::Tensor kl = with_kl ? at::empty({R}, mu.options()) : at::Tensor();
+  VAE_DISPATCH(mu.scalar_type(), "vae_fast.sample", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pm = mu.data_ptr<scalar_t>();
+    const scalar_t* pl = logvar.data_ptr<scalar_t>();
+    scalar_t* pz = z.data_ptr<scalar_t>();
+    std::vector<double> sums(with_kl ? R : 0, 0.0);
+    for_blocks<T>(R, R ? N / R : 0, with_kl ? sums.data() : nullptr,
+                  [&](int64_t b, int64_t n, T* vals) {
+      alignas(64) T bm[kBlock], bl[kBlock], sd[kBlock], bz[kBlock];
+      alignas(64) float eps[kBlock];
+      const T* m = load(pm + b, n, bm);
+      const T* l = load(pl + b, n, bl);
+      std_loop(l, sd, n);
+      if (vals) kl_std_loop(m, l, vals, n);
+      for (int64_t s = 0; s < num_samples; ++s) {
+        fill_eps(eps, st.seed, st.offset, s * N + b, n);
+        T* out = out_ptr(pz + s * N + b, bz);
+        sample_loop(m, sd, eps, out, n);
+        flush(pz + s * N + b, out, n);
+      }
+    });
+    if (with_kl) {
+      scalar_t* pk = kl.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < R; ++r) pk[r] = static_cast<scalar_t>(static_cast<T>(sums[r]));
+    }
+  });
+  return {z, kl};
+}
+
+at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& philox,
+                          int64_t num_samples) {
+  return std::get<0>(sample_impl(mu, logvar, philox, num_samples, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_and_kl(const at::Tensor& mu, const at::Tensor& logvar,
+                                                 const at::Tensor& philox, int64_t num_samples) {
+  return sample_impl(mu, logvar, philox, num_samples, true);
+}
+
+// grad_logvar (and with grad_kl, grad_mu) of the sampling ops, replaying eps from philox
+std::tuple<at::Tensor, at::Tensor> sample_backward_impl(const at::Tensor& grad_z_,
+                                                        const at::Tensor* grad_kl_,
+                                                        const at::Tensor* mu_,
+                                                        const at::Tensor& logvar_,
+                                                        const at::Tensor& philox,
+                                                        int64_t num_samples) {
+  check_float(logvar_, "logvar");
+  check_samples(num_samples);
+  check_philox(philox, logvar_);
+  check_grad(grad_z_, "grad_z", logvar_, "logvar", sample_shape(logvar_, num_samples));
+  at::Tensor mu, grad_kl;
+  int64_t R = 1;
+  if (mu_) {
+    check_like(*mu_, "mu", logvar_, "logvar");
+    R = rows_of(*mu_);
+    check_grad(*grad_kl_, "grad_kl", logvar_, "logvar", {R});
+    mu = mu_->contiguous();
+    grad_kl = grad_kl_->contiguous();
+  }
+  const at::Tensor grad_z = grad_z_.contiguous(), logvar = logvar_.contiguous();
+  const PhiloxState st = read_philox(philox);
+  const int64_t N = logvar.numel();
+  at::Tensor grad_logvar = at::empty(logvar.sizes(), logvar.options());
+  at::Tensor grad_mu = mu_ ? at::empty(logvar.sizes(), logvar.options()) : at::Tensor();
+  VAE_DISPATCH(logvar.scalar_type(), "vae_fast.sample_backward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pgz = grad_z.data_ptr<scalar_t>();
+    const scalar_t* pl = logvar.data_ptr<scalar_t>();
+    const scalar_t* pm = mu_ ? mu.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pgk = mu_ ? grad_kl.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pgl = grad_logvar.data_ptr<scalar_t>();
+    scalar_t* pgm = mu_ ? grad_mu.data_ptr<scalar_t>() : nullptr;
+    const int64_t C = R ? N / R : 0;
+    for_blocks<T>(R, C, nullptr, [&](int64_t b, int64_t n, T*) {
+      alignas(64) T bl[kBlock], bm[kBlock], bg[kBlock], sd[kBlock], gm[kBlock], gl[kBlock];
+      alignas(64) float eps[kBlock];
+      const T* l = load(pl + b, n, bl);
+      std_loop(l, sd, n);
+      T* glv = out_ptr(pgl + b, gl);
+      T* gmu = pm ? out_ptr(pgm + b, gm) : nullptr;
+      if (pm) {  // start from the KL terms: grad_kl[row] * d kl / d (mu, logvar)
+        broadcast_rows(pgk, 1.0, C, b, n, bg);
+        kl_std_grad_loop(static_cast<const T*>(bg), load(pm + b, n, bm), l, gmu, glv, n);
+      } else {
+        std::fill(glv, glv + n, T(0));
+      }
+      for (int64_t s = 0; s < num_samples; ++s) {
+        fill_eps(eps, st.seed, st.offset, s * N + b, n);
+        const T* gz = load(pgz + s * N + b, n, bg);
+        sample_grad_loop(gz, sd, eps, glv, n);
+        if (pm) add_loop(gz, gmu, n);  // grad_mu = sum_s grad_z + ...
+      }
+      flush(pgl + b, glv, n);
+      if (pm) flush(pgm + b, gmu, n);
+    });
+  });
+  return {grad_mu, grad_logvar};
+}
+
+at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& logvar,
+                                   const at::Tensor& philox, int64_t num_samples) {
+  return std::get<1>(sample_backward_impl(grad_z, nullptr, nullptr, logvar, philox, num_samples));
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_and_kl_backward(const at::Tensor& grad_z,
+                                                          const at::Tensor& grad_kl,
+                                                          const at::Tensor& mu,
+                                                          const at::Tensor& logvar,
+                                                          const at::Tensor& philox,
+                                                          int64_t num_samples) {
+  check_float(mu, "mu");
+  return sample_backward_impl(grad_z, &grad_kl, &mu, logvar, philox, num_samples);
+}
+
+// optional prior argument: contiguous, or undefined when absent
+at::Tensor prior_arg(const std::optional<at::Tensor>& p, const char* name, const at::Tensor& mu) {
+  if (!p.has_value() || !p->defined()) return at::Tensor();
+  check_like(*p, name, mu, "mu");
+  return p->contiguous();
+}
+
+at::Tensor gaussian_kl(const at::Tensor& mu_, const at::Tensor& logvar_,
+                       const std::optional<at::Tensor>& prior_mu,
+                       const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
+                       double scale) {
+  check_float(mu_, "mu");
+  check_like(logvar_, "logvar", mu_, "mu");
+  check_reduction(reduction, mu_, "mu");
+  const at::Tensor pmu = prior_arg(prior_mu, "prior_mu", mu_);
+  const at::Tensor plv = prior_arg(prior_logvar, "prior_logvar", mu_);
+  const at::Tensor mu = mu_.contiguous(), logvar = logvar_.contiguous();
+  at::Tensor out;
+  VAE_DISPATCH(mu.scalar_type(), "vae_fast.gaussian_kl", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pm = mu.data_ptr<scalar_t>();
+    const scalar_t* pl = logvar.data_ptr<scalar_t>();
+    const scalar_t* ppm = pmu.defined() ? pmu.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ppl = plv.defined() ? plv.data_ptr<scalar_t>() : nullptr;
+    out = reduce_forward<scalar_t>(mu, reduction, scale, [&](int64_t b, int64_t n, T* v) {
+      alignas(64) T bm[kBlock], bl[kBlock], bpm[kBlock], bpl[kBlock];
+      const T* m = load(pm + b, n, bm);
+      const T* l = load(pl + b, n, bl);
+      if (!ppm && !ppl) return kl_std_loop(m, l, v, n);
+      const T* pmv = ppm ? load(ppm + b, n, bpm) : (std::fill(bpm, bpm + n, T(0)), bpm);
+      const T* plvv = ppl ? load(ppl + b, n, bpl) : (std::fill(bpl, bpl + n, T(0)), bpl);
+      kl_loop(m, l, pmv, plvv, v, n);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
+    const at::Tensor& grad_, const at::Tensor& mu_, const at::Tensor& logvar_,
+    const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
+    int64_t reduction, double scale) {
+  check_float(mu_, "mu");
+  check_like(logvar_, "logvar", mu_, "mu");
+  check_reduction(reduction, mu_, "mu");
+  check_grad(grad_, "grad", mu_, "mu", reduced_shape(mu_, reduction));
+  const at::Tensor pmu = prior_arg(prior_mu, "prior_mu", mu_);
+  const at::Tensor plv = prior_arg(prior_logvar, "prior_logvar", mu_);
+  const at::Tensor mu = mu_.contiguous(), logvar = logvar_.contiguous(), grad = grad_.contiguous();
+  at::Tensor gmu = at::empty(mu.sizes(), mu.options()), glv = at::empty(mu.sizes(), mu.options());
+  at::Tensor gplv = plv.defined() ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
+  const int64_t C = row_len(mu, reduction);
+  VAE_DISPATCH(mu.scalar_type(), "vae_fast.gaussian_kl_backward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pg = grad.data_ptr<scalar_t>();
+    const scalar_t* pm = mu.data_ptr<scalar_t>();
+    const scalar_t* pl = logvar.data_ptr<scalar_t>();
+    const scalar_t* ppm = pmu.defined() ? pmu.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ppl = plv.defined() ? plv.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pgm = gmu.data_ptr<scalar_t>();
+    scalar_t* pgl = glv.data_ptr<scalar_t>();
+    scalar_t* pgp = ppl ? gplv.data_ptr<scalar_t>() : nullptr;
+    for_blocks<T>(mu.numel() ? mu.numel() / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
+      alignas(64) T bg[kBlock], bm[kBlock], bl[kBlock], bpm[kBlock], bpl[kBlock];
+      alignas(64) T om[kBlock], ol[kBlock], op[kBlock];
+      const T* g = grad_block(pg, reduction, scale, C, b, n, bg);
+      const T* m = load(pm + b, n, bm);
+      const T* l = load(pl + b, n, bl);
+      T* gm = out_ptr(pgm + b, om);
+      T* gl = out_ptr(pgl + b, ol);
+      if (!ppm && !ppl) {
+        kl_std_grad_loop(g, m, l, gm, gl, n);
+      } else {
+        const T* pmv = ppm ? load(ppm + b, n, bpm) : (std::fill(bpm, bpm + n, T(0)), bpm);
+        const T* plvv = ppl ? load(ppl + b, n, bpl) : (std::fill(bpl, bpl + n, T(0)), bpl);
+        T* gp = pgp ? out_ptr(pgp + b, op) : op;  // scratch when prior_logvar is absent
+        kl_grad_loop(g, m, l, pmv, plvv, gm, gl, gp, n);
+        if (pgp) flush(pgp + b, gp, n);
+      }
+      flush(pgm + b, gm, n);
+      flush(pgl + b, gl, n);
+    });
+  });
+  return {gmu, glv, gplv};
+}
+
+at::Tensor bernoulli_nll(const at::Tensor& logits_, const at::Tensor& target_, int64_t reduction,
+                         double scale) {
+  check_float(logits_, "logits");
+  check_like(target_, "target", logits_, "logits");
+  check_reduction(reduction, logits_, "logits");
+  const at::Tensor x = logits_.contiguous(), t = target_.contiguous();
+  at::Tensor out;
+  VAE_DISPATCH(x.scalar_type(), "vae_fast.bernoulli_nll", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* pt = t.data_ptr<scalar_t>();
+    out = reduce_forward<scalar_t>(x, reduction, scale, [&](int64_t b, int64_t n, T* v) {
+      alignas(64) T bx[kBlock], bt[kBlock];
+      bce_loop(load(px + b, n, bx), load(pt + b, n, bt), v, n);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad_,
+                                                          const at::Tensor& logits_,
+                                                          const at::Tensor& target_,
+                                                          int64_t reduction, double scale,
+                                                          bool target_grad) {
+  check_float(logits_, "logits");
+  check_like(target_, "target", logits_, "logits");
+  check_reduction(reduction, logits_, "logits");
+  check_grad(grad_, "grad", logits_, "logits", reduced_shape(logits_, reduction));
+  const at::Tensor x = logits_.contiguous(), t = target_.contiguous(), grad = grad_.contiguous();
+  at::Tensor gx = at::empty(x.sizes(), x.options());
+  at::Tensor gt = target_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  const int64_t C = row_len(x, reduction);
+  VAE_DISPATCH(x.scalar_type(), "vae_fast.bernoulli_nll_backward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pg = grad.data_ptr<scalar_t>();
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* pt = t.data_ptr<scalar_t>();
+    scalar_t* pgx = gx.data_ptr<scalar_t>();
+    scalar_t* pgt = target_grad ? gt.data_ptr<scalar_t>() : nullptr;
+    for_blocks<T>(x.numel() ? x.numel() / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
+      alignas(64) T bg[kBlock], bx[kBlock], bt[kBlock], ox[kBlock], ot[kBlock];
+      const T* g = grad_block(pg, reduction, scale, C, b, n, bg);
+      T* ogx = out_ptr(pgx + b, ox);
+      T* ogt = pgt ? out_ptr(pgt + b, ot) : nullptr;
+      bce_grad_loop(g, load(px + b, n, bx), load(pt + b, n, bt), ogx, ogt, n);
+      flush(pgx + b, ogx, n);
+      if (pgt) flush(pgt + b, ogt, n);
+    });
+  });
+  return {gx, gt};
+}
+
+at::Tensor gaussian_nll(const at::Tensor& mean_, const at::Tensor& logvar_,
+                        const at::Tensor& target_, int64_t reduction, double scale) {
+  check_float(mean_, "mean");
+  check_like(logvar_, "logvar", mean_, "mean");
+  check_like(target_, "target", mean_, "mean");
+  check_reduction(reduction, mean_, "mean");
+  const at::Tensor m = mean_.contiguous(), l = logvar_.contiguous(), t = target_.contiguous();
+  at::Tensor out;
+  VAE_DISPATCH(m.scalar_type(), "vae_fast.gaussian_nll", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pm = m.data_ptr<scalar_t>();
+    const scalar_t* pl = l.data_ptr<scalar_t>();
+    const scalar_t* pt = t.data_ptr<scalar_t>();
+    out = reduce_forward<scalar_t>(m, reduction, scale, [&](int64_t b, int64_t n, T* v) {
+      alignas(64) T bm[kBlock], bl[kBlock], bt[kBlock];
+      gnll_loop(load(pm + b, n, bm), load(pl + b, n, bl), load(pt + b, n, bt), v, n);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad_,
+                                                         const at::Tensor& mean_,
+                                                         const at::Tensor& logvar_,
+                                                         const at::Tensor& target_,
+                                                         int64_t reduction, double scale) {
+  check_float(mean_, "mean");
+  check_like(logvar_, "logvar", mean_, "mean");
+  check_like(target_, "target", mean_, "mean");
+  check_reduction(reduction, mean_, "mean");
+  check_grad(grad_, "grad", mean_, "mean", reduced_shape(mean_, reduction));
+  const at::Tensor m = mean_.contiguous(), l = logvar_.contiguous(), t = target_.contiguous();
+  const at::Tensor grad = grad_.contiguous();
+  at::Tensor gm = at::empty(m.sizes(), m.options()), gl = at::empty(m.sizes(), m.options());
+  const int64_t C = row_len(m, reduction);
+  VAE_DISPATCH(m.scalar_type(), "vae_fast.gaussian_nll_backward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pg = grad.data_ptr<scalar_t>();
+    const scalar_t* pm = m.data_ptr<scalar_t>();
+    const scalar_t* pl = l.data_ptr<scalar_t>();
+    const scalar_t* pt = t.data_ptr<scalar_t>();
+    scalar_t* pgm = gm.data_ptr<scalar_t>();
+    scalar_t* pgl = gl.data_ptr<scalar_t>();
+    for_blocks<T>(m.numel() ? m.numel() / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
+      alignas(64) T bg[kBlock], bm[kBlock], bl[kBlock], bt[kBlock], om[kBlock], ol[kBlock];
+      const T* g = grad_block(pg, reduction, scale, C, b, n, bg);
+      T* ogm = out_ptr(pgm + b, om);
+      T* ogl = out_ptr(pgl + b, ol);
+      gnll_grad_loop(g, load(pm + b, n, bm), load(pl + b, n, bl), load(pt + b, n, bt), ogm, ogl,
+                     n);
+      flush(pgm + b, ogm, n);
+      flush(pgl + b, ogl, n);
+    });
+  });
+  return {gm, gl};
+}
+
+// test helper: raw Philox words and uniforms of groups [0, num_groups)
+std::tuple<at::Tensor, at::Tensor> philox_uniform(const at::Tensor& philox, int64_t num_groups) {
+  check_philox(philox, philox);
+  TORCH_CHECK(num_groups >= 0, "num_groups: expected >= 0, got ", num_groups);
+  const PhiloxState st = read_philox(philox);
+  at::Tensor words = at::empty({num_groups, 4}, philox.options());
+  at::Tensor unif = at::empty({num_groups, 4}, philox.options().dtype(at::kFloat));
+  int64_t* pw = words.data_ptr<int64_t>();
+  float* pu = unif.data_ptr<float>();
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const vae::Philox4 w = vae::philox_words(st.seed, st.offset, static_cast<uint64_t>(g));
+    for (int k = 0; k < 4; ++k) {
+      pw[4 * g + k] = w.x[k];
+      pu[4 * g + k] = vae::uint_to_uniform(w.x[k]);
+    }
+  }
+  return {words, unif};
+}
+
+}  // namespace
+}  // namespace vae_fast
+
+TORCH_LIBRARY_IMPL(vae_fast, CPU, m) {
+  using namespace vae_fast;
+  m.impl("reparameterize", &reparameterize);
+  m.impl("reparameterize_backward", &reparameterize_backward);
+  m.impl("sample_and_kl", &sample_and_kl);
+  m.impl("sample_and_kl_backward", &sample_and_kl_backward);
+  m.impl("gaussian_kl", &gaussian_kl);
+  m.impl("gaussian_kl_backward", &gaussian_kl_backward);
+  m.impl("bernoulli_nll", &bernoulli_nll);
+  m.impl("bernoulli_nll_backward", &bernoulli_nll_backward);
+  m.impl("gaussian_nll", &gaussian_nll);
+  m.impl("gaussian_nll_backward", &gaussian_nll_backward);
+}
+
+TORCH_LIBRARY_IMPL(vae_fast_testing, CPU, m) { m.impl("philox_uniform", &vae_fast::philox_uniform); }

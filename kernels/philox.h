@@ -1,0 +1,98 @@
+// The RNG contract of docs/rng.md: Triton's tl.randn4x (Philox4x32-10, uint -> uniform,
+// Box-Muller), written once for the CPU and CUDA backends.
+//
+//   eps(seed, offset, i) = tl.randn4x(seed, offset + (i >> 2))[i & 3]
+//
+// Steps 1-3 (Philox words, uniforms) are exact and bit-identical to Triton. Step 4 uses
+// log/sqrt/sin/cos: libdevice on the GPU, kernels/fastmath.h on the host (a few ulp apart).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "hd.h"
+#if !defined(__CUDA_ARCH__)
+#include "fastmath.h"
+#endif
+
+namespace vae {
+
+struct Philox4 {
+  uint32_t x[4];
+};
+
+// Philox4x32 with 10 rounds on counter (c0, c1, 0, 0) and key (k0, k1), as triton.language.random
+VAE_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t k0, uint32_t k1) {
+  const uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
+  const uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
+  uint32_t c2 = 0, c3 = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+#if defined(__CUDA_ARCH__)
+    const uint32_t p0 = c0, p2 = c2;
+    c0 = __umulhi(kRoundB, p2) ^ c1 ^ k0;
+    c2 = __umulhi(kRoundA, p0) ^ c3 ^ k1;
+    c1 = kRoundB * p2;
+    c3 = kRoundA * p0;
+#else
+    // one 32x32->64 product gives both halves (vectorises to vpmuludq on x86)
+    const uint64_t mb = static_cast<uint64_t>(kRoundB) * c2;
+    const uint64_t ma = static_cast<uint64_t>(kRoundA) * c0;
+    c0 = static_cast<uint32_t>(mb >> 32) ^ c1 ^ k0;
+    c2 = static_cast<uint32_t>(ma >> 32) ^ c3 ^ k1;
+    c1 = static_cast<uint32_t>(mb);
+    c3 = static_cast<uint32_t>(ma);
+#endif
+    k0 += kKeyA;
+    k1 += kKeyB;
+  }
+  return Philox4{{c0, c1, c2, c3}};
+}
+
+// the four raw words for counter `offset + group` (tl.randint4x(seed, offset + group))
+VAE_HD Philox4 philox_words(uint64_t seed, uint64_t offset, uint64_t group) {
+  const uint64_t c = offset + group;
+  return philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32),
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// tl.uint_to_uniform_float for 32-bit words: [0, 1), exact (int -> float, one float multiply)
+VAE_HD float uint_to_uniform(uint32_t w) {
+  int32_t i = static_cast<int32_t>(w);
+  i = i < 0 ? ~i : i;
+  return static_cast<float>(i) * 4.6566127342e-10f;
+}
+
+// tl.pair_uniform_to_normal (Box-Muller) in float32
+VAE_HD void box_muller(float u1, float u2, float* n1, float* n2) {
+  u1 = u1 > 1.0e-7f ? u1 : 1.0e-7f;
+  const float th = 6.283185307179586f * u2;
+  float s, c;
+#if defined(__CUDA_ARCH__)
+  const float r = sqrtf(-2.0f * logf(u1));
+  sincosf(th, &s, &c);
+#else
+  const float r = std::sqrt(-2.0f * fm::log(u1));
+  fm::sincos(th, &s, &c);
+#endif
+  *n1 = r * c;
+  *n2 = r * s;
+}
+
+// tl.randn4x(seed, offset + group): the normals of elements 4*group .. 4*group + 3
+VAE_HD void randn4(uint64_t seed, uint64_t offset, uint64_t group, float out[4]) {
+  const Philox4 w = philox_words(seed, offset, group);
+  box_muller(uint_to_uniform(w.x[0]), uint_to_uniform(w.x[1]), &out[0], &out[1]);
+  box_muller(uint_to_uniform(w.x[2]), uint_to_uniform(w.x[3]), &out[2], &out[3]);
+}
+
+// eps of one flat element i (computes its whole group of 4; use randn4 for aligned groups)
+VAE_HD float eps(uint64_t seed, uint64_t offset, uint64_t i) {
+  float out[4];
+  randn4(seed, offset, i >> 2, out);
+  return out[i & 3];
+}
+
+}  // namespace vae
