@@ -10,6 +10,7 @@
 // The array loops are compiled three times (AVX-512, AVX2, baseline x86-64; GCC picks one at load
 // time) and call the branch-free float math of kernels/fastmath.h so that they vectorise.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -43,10 +44,26 @@ constexpr int64_t kTaskBlocks = 16;   // at least this many blocks per parallel 
 // Array loops over the compute type T (float or double). Each is one formula of kernels/ applied
 // elementwise; n <= kBlock.
 
-// Philox words of counters first .. first+n-1 into w[0..3][0..n): AVX-512 / AVX2 / scalar
+// 2: AVX-512, 1: AVX2, 0: scalar Philox. VAE_FAST_CPU_ISA=avx2|scalar picks a lower one (tests).
+int philox_isa() {
+#if defined(VAE_HAVE_PHILOX_X86)
+  static const int isa = [] {
+    const int best = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+    const char* force = std::getenv("VAE_FAST_CPU_ISA");
+    if (force && std::strcmp(force, "avx2") == 0) return std::min(best, 1);
+    if (force && std::strcmp(force, "scalar") == 0) return 0;
+    return best;
+  }();
+  return isa;
+#else
+  return 0;
+#endif
+}
+
+// Philox words of counters first .. first+n-1 into w[0..3][0..n)
 void philox_words(uint64_t seed, uint64_t first, int64_t n, uint32_t* const w[4]) {
 #if defined(VAE_HAVE_PHILOX_X86)
-  static const int isa = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2");
+  const int isa = philox_isa();
   if (isa == 2) return vae::x86::philox_words_avx512(seed, first, n, w);
   if (isa == 1) return vae::x86::philox_words_avx2(seed, first, n, w);
 #endif
@@ -614,11 +631,14 @@ std::tuple<at::Tensor, at::Tensor> philox_uniform(const at::Tensor& philox, int6
   at::Tensor unif = at::empty({num_groups, 4}, philox.options().dtype(at::kFloat));
   int64_t* pw = words.data_ptr<int64_t>();
   float* pu = unif.data_ptr<float>();
+  std::vector<uint32_t> buf(4 * num_groups);
+  uint32_t* const w[4] = {buf.data(), buf.data() + num_groups, buf.data() + 2 * num_groups,
+                          buf.data() + 3 * num_groups};
+  philox_words(st.seed, st.offset, num_groups, w);  // the path the kernels use
   for (int64_t g = 0; g < num_groups; ++g) {
-    const vae::Philox4 w = vae::philox_words(st.seed, st.offset, static_cast<uint64_t>(g));
     for (int k = 0; k < 4; ++k) {
-      pw[4 * g + k] = w.x[k];
-      pu[4 * g + k] = vae::uint_to_uniform(w.x[k]);
+      pw[4 * g + k] = w[k][g];
+      pu[4 * g + k] = vae::uint_to_uniform(w[k][g]);
     }
   }
   return {words, unif};
