@@ -127,7 +127,7 @@ def test_bernoulli_nll_is_a_drop_in_for_torch(backend, reduction):
 def test_large_and_odd_sizes_cross_tiles(backend):
     """Several tiles and grid-stride iterations, with a ragged tail (ROWS reduction too)."""
     device = need(backend)
-    for shape in [(3, 5000), (70001,), (129, 33)]:
+    for shape in [(3, 5000), (70001,), (129, 33), (9, 10000)]:
         x = make(shape, torch.float32, device, lo=-5, hi=5)
         t = make(shape, torch.float32, device, lo=0, hi=1, seed=1)
         ref = reference.bernoulli_nll(x.double(), t.double())
