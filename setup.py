@@ -53,7 +53,7 @@ def find_cuda_home():
 
 def arch_names(flags):
     """['-gencode=arch=compute_80,code=sm_80', ...] -> ['sm_80', 'compute_90', ...] (sorted)"""
-    names = {m.group(1) for f in flags for m in [re.search(r"code=([a-z_0-9]+)", f)] if m}
+    names = {m.group(1) for f in flags for m in [re.search(r",code=([a-z_0-9]+)", f)] if m}
     return sorted(names, key=lambda s: (int(re.sub(r"\D", "", s)), s.startswith("compute")))
 
 

@@ -95,4 +95,19 @@ VAE_HD float eps(uint64_t seed, uint64_t offset, uint64_t i) {
   return out[i & 3];
 }
 
+// eps of the 4 consecutive flat elements i0 .. i0+3 (one group when i0 is a multiple of 4, else
+// the two groups they straddle)
+VAE_HD void eps4(uint64_t seed, uint64_t offset, uint64_t i0, float out[4]) {
+  float a[4];
+  randn4(seed, offset, i0 >> 2, a);
+  const unsigned shift = static_cast<unsigned>(i0 & 3);
+  if (shift == 0) {
+    for (int k = 0; k < 4; ++k) out[k] = a[k];
+    return;
+  }
+  float b[4];
+  randn4(seed, offset, (i0 >> 2) + 1, b);
+  for (unsigned k = 0; k < 4; ++k) out[k] = shift + k < 4 ? a[shift + k] : b[shift + k - 4];
+}
+
 }  // namespace vae

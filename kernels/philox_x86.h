@@ -10,6 +10,9 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define VAE_HAVE_PHILOX_X86 1
 
+// GCC 12 warns about the deliberately undefined upper lanes inside its own AVX-512 intrinsics
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <cstdint>
@@ -121,4 +124,5 @@ __attribute__((target("avx2"))) inline void philox_words_avx2(uint64_t seed, uin
 }  // namespace x86
 }  // namespace vae
 
+#pragma GCC diagnostic pop
 #endif
