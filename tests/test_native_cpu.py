@@ -156,7 +156,7 @@ def test_gaussian_kl(shape, dtype, reduction, scale, prior):
 
 def eps_of(philox, num_samples, shape):
     """The kernel's eps: mu = 0, logvar = 0 gives z = eps exactly (exp(0) is 1)."""
-    zero = torch.zeros(shape)
+    zero = torch.zeros(shape, device=philox.device)
     return ops.reparameterize(zero, zero, philox, num_samples)
 
 

@@ -1,0 +1,126 @@
+"""The native CUDA kernels (torch.ops.vae_fast on CUDA tensors) against the reference and against the
+native CPU kernels (same op, same philox state): values and gradients, every dtype and reduction,
+odd / non-contiguous / empty shapes, the RNG contract (CPU, CUDA and Triton agree to a few ulp), and
+no host synchronisation. Skipped without a GPU and a _C built with CUDA kernels."""
+import pytest
+import torch
+
+from vae_fast import _native, reference
+from vae_fast._schemas import NONE, ROWS, SUM
+from test_native_cpu import (DTYPES, PHILOX, REDUCTIONS, close, make, reduce_ref, ref_grads, grad_for,
+                             eps_of, ulps)
+
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+if not (_native.available() and _native.has_cuda()):
+    pytest.skip(f"needs vae_fast._C with CUDA kernels: {_native.why_not() or 'built CPU-only'}",
+                allow_module_level=True)
+
+ops = torch.ops.vae_fast
+SHAPES = [(), (1,), (7,), (3, 5), (4, 33, 7), (2, 1500), (1, 100003), (1100, 3), (0, 4), (3, 0)]
+
+
+def cuda(*ts):
+    return [None if t is None else t.cuda() for t in ts]
+
+
+@pytest.mark.parametrize("reduction,scale", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_losses(shape, dtype, reduction, scale):
+    gen = torch.Generator().manual_seed(11)
+    x, t = make(shape, dtype, "logits", gen, "strided"), make(shape, dtype, "unit", gen)
+    m, lv, y = (make(shape, dtype, k, gen) for k in ("normal", "logvar", "normal"))
+    pm, plv = make(shape, dtype, "normal", gen), make(shape, dtype, "logvar", gen)
+    cases = [
+        (ops.bernoulli_nll, ops.bernoulli_nll_backward, reference.bernoulli_nll, (x, t), (True,)),
+        (ops.gaussian_nll, ops.gaussian_nll_backward, reference.gaussian_nll, (m, lv, y), ()),
+        (ops.gaussian_kl, ops.gaussian_kl_backward, reference.gaussian_kl, (m, lv, pm, plv), ()),
+        (ops.gaussian_kl, ops.gaussian_kl_backward, reference.gaussian_kl, (m, lv, None, None), ()),
+    ]
+    for fwd, bwd, ref, args, extra in cases:
+        tensors = [a for a in args if a is not None]
+        out = fwd(*cuda(*args), reduction, scale)
+        grad = grad_for(out.shape, dtype, gen)
+        expected, grads = ref_grads(lambda *a: reduce_ref(ref(*a), reduction, scale), tensors, grad)
+        mag = max([g.abs().max().item() for g in [expected, *grads] if g.numel()] + [1.0])
+        close(out.cpu(), expected, dtype, mag)
+        got = [g for g in bwd(grad.cuda(), *cuda(*args), reduction, scale, *extra) if g.numel()]
+        for a, b in zip(got, grads):
+            close(a.cpu(), b, dtype, mag)
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_sampling_matches_the_cpu_kernels_and_the_reference(shape, dtype, num_samples):
+    gen = torch.Generator().manual_seed(12)
+    mu, lv = make(shape, dtype, "normal", gen, "strided"), make(shape, dtype, "logvar", gen)
+    z, kl = ops.sample_and_kl(mu.cuda(), lv.cuda(), PHILOX.cuda(), num_samples)
+    assert torch.equal(z, ops.reparameterize(mu.cuda(), lv.cuda(), PHILOX.cuda(), num_samples))
+    eps = eps_of(PHILOX, num_samples, shape).double()  # the CPU kernels' eps (a few ulp from CUDA's)
+    leaves = [a.detach().double().requires_grad_() for a in (mu, lv)]
+    rz = reference.reparameterize(*leaves, eps)
+    rkl = reduce_ref(reference.gaussian_kl(*leaves), ROWS, 1.0)
+    gz, gk = grad_for(z.shape, dtype, gen), grad_for(kl.shape, dtype, gen)
+    gmu, glv = torch.autograd.grad((rz, rkl), leaves, (gz.double(), gk.double()))
+    mag = max([a.abs().max().item() for a in (rz, rkl, gmu, glv) if a.numel()] + [1.0])
+    slack = 1.0 if dtype != torch.float64 else 1e5  # eps itself is float32, a few ulp apart
+    close(z.cpu(), rz.detach(), dtype, mag * slack)
+    close(kl.cpu(), rkl.detach(), dtype, mag)
+    amu, alv = ops.sample_and_kl_backward(gz.cuda(), gk.cuda(), mu.cuda(), lv.cuda(), PHILOX.cuda(),
+                                          num_samples)
+    close(amu.cpu(), gmu, dtype, mag * num_samples)
+    close(alv.cpu(), glv, dtype, mag * num_samples * slack)
+    blv = ops.reparameterize_backward(gz.cuda(), lv.cuda(), PHILOX.cuda(), num_samples)
+    _, (_, rlv) = ref_grads(lambda m, l: reference.reparameterize(m, l, eps), [mu, lv], gz)
+    close(blv.cpu(), rlv, dtype, mag * num_samples * slack)
+
+
+def test_eps_agrees_across_cpu_cuda_and_triton():
+    triton = pytest.importorskip("triton")  # noqa: F841
+    import triton.language as tl
+
+    @triton.jit
+    def randn(out_ptr, seed, offset, N: tl.constexpr):
+        g = tl.arange(0, N)
+        n1, n2, n3, n4 = tl.randn4x(seed, offset + g.to(tl.int64))
+        tl.store(out_ptr + 4 * g, n1)
+        tl.store(out_ptr + 4 * g + 1, n2)
+        tl.store(out_ptr + 4 * g + 2, n3)
+        tl.store(out_ptr + 4 * g + 3, n4)
+
+    n = 4096
+    seed, offset = PHILOX.tolist()
+    tri = torch.empty(n, device="cuda")
+    randn[(1,)](tri, seed, offset, N=n // 4)
+    on_cuda = eps_of(PHILOX.cuda(), 1, (n,)).cpu()
+    on_cpu = eps_of(PHILOX, 1, (n,))
+    assert ulps(on_cuda, tri.cpu()) <= 2  # both libdevice: expected identical
+    assert ulps(on_cpu, on_cuda) <= 8
+
+
+def test_no_host_synchronisation():
+    mu, lv = torch.randn(64, 32, device="cuda"), torch.randn(64, 32, device="cuda")
+    x, t = torch.randn(64, 784, device="cuda"), torch.rand(64, 784, device="cuda")
+    philox = PHILOX.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        z, kl = ops.sample_and_kl(mu, lv, philox, 1)
+        ops.sample_and_kl_backward(z, kl, mu, lv, philox, 1)
+        for red in (NONE, SUM, ROWS):
+            out = ops.bernoulli_nll(x, t, red, 1.0)
+            ops.bernoulli_nll_backward(torch.ones_like(out), x, t, red, 1.0, True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_current_stream_and_device_guard():
+    s = torch.cuda.Stream()
+    x, t = torch.randn(1000, 1000, device="cuda"), torch.rand(1000, 1000, device="cuda")
+    expected = ops.bernoulli_nll(x, t, SUM, 1.0)
+    with torch.cuda.stream(s):
+        got = ops.bernoulli_nll(x, t, SUM, 1.0)
+    s.synchronize()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
