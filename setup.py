@@ -36,8 +36,8 @@ def find_cuda_home():
     if nvcc:
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
         try:
-            out = subprocess.run([nvcc, "-dryrun", "--version"], capture_output=True, text=True,
-                                 timeout=60)
+            out = subprocess.run([nvcc, "-dryrun", "-x", "cu", "-E", os.devnull],
+                                 capture_output=True, text=True, timeout=60)
             m = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
             if m:
                 candidates.append(os.path.normpath(m.group(1).strip()))
