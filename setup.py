@@ -2,7 +2,7 @@
 
 `vae_fast._C` (C++ CPU kernels, plus CUDA kernels when nvcc and a CUDA build of torch are found)
 is built only when torch is importable at build time, i.e. with `pip install --no-build-isolation`.
-Without it the package is pure Python (reference and Triton backends).
+Without it, or without a C++ compiler, the package is pure Python (reference and Triton backends).
 
 Environment:
   VAE_FAST_BUILD_EXT=0     skip the extension (pure-Python package)
@@ -64,6 +64,10 @@ def extension_modules():
     try:
         import torch
     except ImportError:
+        return [], {}
+    compiler = os.environ.get("CXX", "c++").split()[0]
+    if shutil.which(compiler) is None:  # compile errors, by contrast, fail the build loudly
+        print(f"vae_fast: no C++ compiler ({compiler}); building the pure-Python package")
         return [], {}
 
     cuda_home = None
