@@ -97,3 +97,18 @@ def test_auto_picks_a_backend_that_runs_here():
     assert choice == "reference" or vae_fast.available_backends()[choice].available
     x, t = torch.randn(3, 4), torch.rand(3, 4)
     torch.testing.assert_close(vae_fast.bernoulli_nll(x, t), torch.nn.functional.binary_cross_entropy_with_logits(x, t))
+
+
+def test_info_lists_version_backends_and_archs():
+    import subprocess
+    import sys
+
+    from vae_fast import _native
+
+    out = subprocess.run([sys.executable, "-m", "vae_fast", "info"], check=True, capture_output=True,
+                         text=True, timeout=120).stdout
+    assert f"vae_fast {vae_fast.__version__}" in out and torch.__version__ in out
+    for name in ("triton", "cuda", "cpu", "reference"):
+        assert f"  {name}" in out
+    archs = _native.compiled_archs()
+    assert ("CUDA archs: " + (" ".join(archs) if archs else "none")) in out

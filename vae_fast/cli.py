@@ -146,8 +146,41 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- info
+def add_info_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "info", help="version, torch/CUDA versions, backends, CUDA archs in vae_fast._C",
+        description="Print the vae_fast version, the torch/triton/CUDA versions, which backends work "
+                    "here (and why not), and the CUDA archs compiled into vae_fast._C.")
+    p.set_defaults(func=run_info, parser=p)
+    return p
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import vae_fast
+    from vae_fast import _native, _triton_loader
+
+    cuda = torch.version.cuda or "none (CPU build)"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    build = _native.build_info()
+    print(f"vae_fast {vae_fast.__version__}")
+    print(f"torch {torch.__version__} (CUDA {cuda}), triton {_triton_loader.version or 'not installed'}")
+    print(f"GPU: {device}")
+    print(f"vae_fast._C: {'loaded' if _native.available() else 'not loaded: ' + str(_native.why_not())}")
+    if build:
+        print(f"  built against torch {build.get('torch_version')}, CUDA {build.get('cuda_version') or 'none'}")
+    archs = _native.compiled_archs()
+    print(f"  CUDA archs: {' '.join(archs) if archs else 'none'}")
+    print("backends:")
+    for name, status in vae_fast.available_backends().items():
+        print(f"  {name:<10} {'yes' if status.available else 'no '}  {status.detail}")
+    return 0
+
+
 # -------------------------------------------------------------------------------- main
-SUBCOMMANDS = [add_train_parser, add_bench_parser]  # add_info_parser, add_bench_parser, ... go here
+SUBCOMMANDS = [add_train_parser, add_bench_parser, add_info_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
