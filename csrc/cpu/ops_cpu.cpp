@@ -23,7 +23,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include "csrc/common.h"
+#include "csrc/args.h"
 #include "kernels/philox.h"
 #include "kernels/philox_x86.h"
 #include "kernels/vae_math.h"
@@ -260,7 +260,7 @@ template <class S, class Terms>
 at::Tensor reduce_forward(const at::Tensor& x, int64_t reduction, double scale, const Terms& terms) {
   using T = at::opmath_type<S>;
   const int64_t n = x.numel();
-  at::Tensor out = at::empty(reduced_shape(x, reduction), x.options());
+  at::Tensor out = forward_out(x, reduction);
   if (reduction == kNone) {
     S* o = out.data_ptr<S>();
     for_blocks<T>(1, n, nullptr, [&](int64_t b, int64_t len, T*) {
@@ -302,23 +302,15 @@ PhiloxState read_philox(const at::Tensor& philox) {
 // Ops
 
 // z and (with kl) the KL row sums; one pass over mu/logvar, num_samples passes over z
-std::tuple<at::Tensor, at::Tensor> sample_impl(const at::Tensor& mu_, const at::Tensor& logvar_,
-                                               const at::Tensor& philox, int64_t num_samples,
-                                               bool with_kl) {
-  check_float(mu_, "mu");
-  check_like(logvar_, "logvar", mu_, "mu");
-  check_philox(philox, mu_);
-  check_samples(num_samples);
-  const at::Tensor mu = mu_.contiguous(), logvar = logvar_.contiguous();
+void sample(const SampleArgs& a, const at::Tensor& philox, int64_t num_samples) {
   const PhiloxState st = read_philox(philox);
-  const int64_t N = mu.numel(), R = with_kl ? rows_of(mu) : 1;
-  at::Tensor z = at::empty(sample_shape(mu, num_samples), mu.options());
-  at::Tensor kl = with_kl ? at::empty({R}, mu.options()) : at::Tensor();
-  VAE_DISPATCH(mu.scalar_type(), "vae_fast.sample", [&] {
+  const int64_t N = a.N, R = a.R;
+  const bool with_kl = a.kl.defined();
+  VAE_DISPATCH(a.mu.scalar_type(), "vae_fast.sample", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pm = mu.data_ptr<scalar_t>();
-    const scalar_t* pl = logvar.data_ptr<scalar_t>();
-    scalar_t* pz = z.data_ptr<scalar_t>();
+    const scalar_t* pm = a.mu.data_ptr<scalar_t>();
+    const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
+    scalar_t* pz = a.z.data_ptr<scalar_t>();
     std::vector<double> sums(with_kl ? R : 0, 0.0);
     for_blocks<T>(R, R ? N / R : 0, with_kl ? sums.data() : nullptr,
                   [&](int64_t b, int64_t n, T* vals) {
@@ -336,56 +328,25 @@ std::tuple<at::Tensor, at::Tensor> sample_impl(const at::Tensor& mu_, const at::
       }
     });
     if (with_kl) {
-      scalar_t* pk = kl.data_ptr<scalar_t>();
+      scalar_t* pk = a.kl.data_ptr<scalar_t>();
       for (int64_t r = 0; r < R; ++r) pk[r] = static_cast<scalar_t>(static_cast<T>(sums[r]));
     }
   });
-  return {z, kl};
-}
-
-at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& philox,
-                          int64_t num_samples) {
-  return std::get<0>(sample_impl(mu, logvar, philox, num_samples, false));
-}
-
-std::tuple<at::Tensor, at::Tensor> sample_and_kl(const at::Tensor& mu, const at::Tensor& logvar,
-                                                 const at::Tensor& philox, int64_t num_samples) {
-  return sample_impl(mu, logvar, philox, num_samples, true);
 }
 
 // grad_logvar (and with grad_kl, grad_mu) of the sampling ops, replaying eps from philox
-std::tuple<at::Tensor, at::Tensor> sample_backward_impl(const at::Tensor& grad_z_,
-                                                        const at::Tensor* grad_kl_,
-                                                        const at::Tensor* mu_,
-                                                        const at::Tensor& logvar_,
-                                                        const at::Tensor& philox,
-                                                        int64_t num_samples) {
-  check_float(logvar_, "logvar");
-  check_samples(num_samples);
-  check_philox(philox, logvar_);
-  check_grad(grad_z_, "grad_z", logvar_, "logvar", sample_shape(logvar_, num_samples));
-  at::Tensor mu, grad_kl;
-  int64_t R = 1;
-  if (mu_) {
-    check_like(*mu_, "mu", logvar_, "logvar");
-    R = rows_of(*mu_);
-    check_grad(*grad_kl_, "grad_kl", logvar_, "logvar", {R});
-    mu = mu_->contiguous();
-    grad_kl = grad_kl_->contiguous();
-  }
-  const at::Tensor grad_z = grad_z_.contiguous(), logvar = logvar_.contiguous();
+void sample_backward(const SampleGradArgs& a, const at::Tensor& philox, int64_t num_samples) {
   const PhiloxState st = read_philox(philox);
-  const int64_t N = logvar.numel();
-  at::Tensor grad_logvar = at::empty(logvar.sizes(), logvar.options());
-  at::Tensor grad_mu = mu_ ? at::empty(logvar.sizes(), logvar.options()) : at::Tensor();
-  VAE_DISPATCH(logvar.scalar_type(), "vae_fast.sample_backward", [&] {
+  const int64_t N = a.N, R = a.R;
+  const bool with_kl = a.mu.defined();
+  VAE_DISPATCH(a.logvar.scalar_type(), "vae_fast.sample_backward", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pgz = grad_z.data_ptr<scalar_t>();
-    const scalar_t* pl = logvar.data_ptr<scalar_t>();
-    const scalar_t* pm = mu_ ? mu.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* pgk = mu_ ? grad_kl.data_ptr<scalar_t>() : nullptr;
-    scalar_t* pgl = grad_logvar.data_ptr<scalar_t>();
-    scalar_t* pgm = mu_ ? grad_mu.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pgz = a.grad_z.data_ptr<scalar_t>();
+    const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
+    const scalar_t* pm = with_kl ? a.mu.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pgk = with_kl ? a.grad_kl.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pgl = a.grad_logvar.data_ptr<scalar_t>();
+    scalar_t* pgm = with_kl ? a.grad_mu.data_ptr<scalar_t>() : nullptr;
     const int64_t C = R ? N / R : 0;
     for_blocks<T>(R, C, nullptr, [&](int64_t b, int64_t n, T*) {
       alignas(64) T bl[kBlock], bm[kBlock], bg[kBlock], sd[kBlock], gm[kBlock], gl[kBlock];
@@ -410,49 +371,23 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_impl(const at::Tensor& grad_z
       if (pm) flush(pgm + b, gmu, n);
     });
   });
-  return {grad_mu, grad_logvar};
 }
 
-at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& logvar,
-                                   const at::Tensor& philox, int64_t num_samples) {
-  return std::get<1>(sample_backward_impl(grad_z, nullptr, nullptr, logvar, philox, num_samples));
-}
+using Sampling = SamplingOps<Backend::kCpu, sample, sample_backward>;
 
-std::tuple<at::Tensor, at::Tensor> sample_and_kl_backward(const at::Tensor& grad_z,
-                                                          const at::Tensor& grad_kl,
-                                                          const at::Tensor& mu,
-                                                          const at::Tensor& logvar,
-                                                          const at::Tensor& philox,
-                                                          int64_t num_samples) {
-  check_float(mu, "mu");
-  return sample_backward_impl(grad_z, &grad_kl, &mu, logvar, philox, num_samples);
-}
-
-// optional prior argument: contiguous, or undefined when absent
-at::Tensor prior_arg(const std::optional<at::Tensor>& p, const char* name, const at::Tensor& mu) {
-  if (!p.has_value() || !p->defined()) return at::Tensor();
-  check_like(*p, name, mu, "mu");
-  return p->contiguous();
-}
-
-at::Tensor gaussian_kl(const at::Tensor& mu_, const at::Tensor& logvar_,
+at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
                        const std::optional<at::Tensor>& prior_mu,
                        const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
                        double scale) {
-  check_float(mu_, "mu");
-  check_like(logvar_, "logvar", mu_, "mu");
-  check_reduction(reduction, mu_, "mu");
-  const at::Tensor pmu = prior_arg(prior_mu, "prior_mu", mu_);
-  const at::Tensor plv = prior_arg(prior_logvar, "prior_logvar", mu_);
-  const at::Tensor mu = mu_.contiguous(), logvar = logvar_.contiguous();
+  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCpu);
   at::Tensor out;
-  VAE_DISPATCH(mu.scalar_type(), "vae_fast.gaussian_kl", [&] {
+  VAE_DISPATCH(a.mu.scalar_type(), "vae_fast.gaussian_kl", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pm = mu.data_ptr<scalar_t>();
-    const scalar_t* pl = logvar.data_ptr<scalar_t>();
-    const scalar_t* ppm = pmu.defined() ? pmu.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ppl = plv.defined() ? plv.data_ptr<scalar_t>() : nullptr;
-    out = reduce_forward<scalar_t>(mu, reduction, scale, [&](int64_t b, int64_t n, T* v) {
+    const scalar_t* pm = a.mu.data_ptr<scalar_t>();
+    const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
+    const scalar_t* ppm = a.prior_mu.defined() ? a.prior_mu.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ppl = a.prior_logvar.defined() ? a.prior_logvar.data_ptr<scalar_t>() : nullptr;
+    out = reduce_forward<scalar_t>(a.mu, reduction, scale, [&](int64_t b, int64_t n, T* v) {
       alignas(64) T bm[kBlock], bl[kBlock], bpm[kBlock], bpl[kBlock];
       const T* m = load(pm + b, n, bm);
       const T* l = load(pl + b, n, bl);
@@ -466,30 +401,25 @@ at::Tensor gaussian_kl(const at::Tensor& mu_, const at::Tensor& logvar_,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
-    const at::Tensor& grad_, const at::Tensor& mu_, const at::Tensor& logvar_,
+    const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& logvar,
     const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
     int64_t reduction, double scale) {
-  check_float(mu_, "mu");
-  check_like(logvar_, "logvar", mu_, "mu");
-  check_reduction(reduction, mu_, "mu");
-  check_grad(grad_, "grad", mu_, "mu", reduced_shape(mu_, reduction));
-  const at::Tensor pmu = prior_arg(prior_mu, "prior_mu", mu_);
-  const at::Tensor plv = prior_arg(prior_logvar, "prior_logvar", mu_);
-  const at::Tensor mu = mu_.contiguous(), logvar = logvar_.contiguous(), grad = grad_.contiguous();
-  at::Tensor gmu = at::empty(mu.sizes(), mu.options()), glv = at::empty(mu.sizes(), mu.options());
-  at::Tensor gplv = plv.defined() ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
-  const int64_t C = row_len(mu, reduction);
-  VAE_DISPATCH(mu.scalar_type(), "vae_fast.gaussian_kl_backward", [&] {
+  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCpu, &grad);
+  at::Tensor gmu = grad_out(a.mu), glv = grad_out(a.mu);
+  at::Tensor gplv = grad_out(a.mu, a.prior_logvar.defined());
+  const int64_t C = row_len(a.mu, reduction);
+  VAE_DISPATCH(a.mu.scalar_type(), "vae_fast.gaussian_kl_backward", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pg = grad.data_ptr<scalar_t>();
-    const scalar_t* pm = mu.data_ptr<scalar_t>();
-    const scalar_t* pl = logvar.data_ptr<scalar_t>();
-    const scalar_t* ppm = pmu.defined() ? pmu.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ppl = plv.defined() ? plv.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pg = a.grad.data_ptr<scalar_t>();
+    const scalar_t* pm = a.mu.data_ptr<scalar_t>();
+    const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
+    const scalar_t* ppm = a.prior_mu.defined() ? a.prior_mu.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ppl = a.prior_logvar.defined() ? a.prior_logvar.data_ptr<scalar_t>() : nullptr;
     scalar_t* pgm = gmu.data_ptr<scalar_t>();
     scalar_t* pgl = glv.data_ptr<scalar_t>();
     scalar_t* pgp = ppl ? gplv.data_ptr<scalar_t>() : nullptr;
-    for_blocks<T>(mu.numel() ? mu.numel() / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
+    const int64_t numel = a.mu.numel();
+    for_blocks<T>(numel ? numel / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
       alignas(64) T bg[kBlock], bm[kBlock], bl[kBlock], bpm[kBlock], bpl[kBlock];
       alignas(64) T om[kBlock], ol[kBlock], op[kBlock];
       const T* g = grad_block(pg, reduction, scale, C, b, n, bg);
@@ -513,18 +443,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
   return {gmu, glv, gplv};
 }
 
-at::Tensor bernoulli_nll(const at::Tensor& logits_, const at::Tensor& target_, int64_t reduction,
+at::Tensor bernoulli_nll(const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
                          double scale) {
-  check_float(logits_, "logits");
-  check_like(target_, "target", logits_, "logits");
-  check_reduction(reduction, logits_, "logits");
-  const at::Tensor x = logits_.contiguous(), t = target_.contiguous();
+  const BceArgs a = bce_args(logits, target, reduction, Backend::kCpu);
   at::Tensor out;
-  VAE_DISPATCH(x.scalar_type(), "vae_fast.bernoulli_nll", [&] {
+  VAE_DISPATCH(a.logits.scalar_type(), "vae_fast.bernoulli_nll", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    const scalar_t* pt = t.data_ptr<scalar_t>();
-    out = reduce_forward<scalar_t>(x, reduction, scale, [&](int64_t b, int64_t n, T* v) {
+    const scalar_t* px = a.logits.data_ptr<scalar_t>();
+    const scalar_t* pt = a.target.data_ptr<scalar_t>();
+    out = reduce_forward<scalar_t>(a.logits, reduction, scale, [&](int64_t b, int64_t n, T* v) {
       alignas(64) T bx[kBlock], bt[kBlock];
       bce_loop(load(px + b, n, bx), load(pt + b, n, bt), v, n);
     });
@@ -532,27 +459,23 @@ at::Tensor bernoulli_nll(const at::Tensor& logits_, const at::Tensor& target_, i
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad_,
-                                                          const at::Tensor& logits_,
-                                                          const at::Tensor& target_,
+std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad,
+                                                          const at::Tensor& logits,
+                                                          const at::Tensor& target,
                                                           int64_t reduction, double scale,
                                                           bool target_grad) {
-  check_float(logits_, "logits");
-  check_like(target_, "target", logits_, "logits");
-  check_reduction(reduction, logits_, "logits");
-  check_grad(grad_, "grad", logits_, "logits", reduced_shape(logits_, reduction));
-  const at::Tensor x = logits_.contiguous(), t = target_.contiguous(), grad = grad_.contiguous();
-  at::Tensor gx = at::empty(x.sizes(), x.options());
-  at::Tensor gt = target_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
-  const int64_t C = row_len(x, reduction);
-  VAE_DISPATCH(x.scalar_type(), "vae_fast.bernoulli_nll_backward", [&] {
+  const BceArgs a = bce_args(logits, target, reduction, Backend::kCpu, &grad);
+  at::Tensor gx = grad_out(a.logits), gt = grad_out(a.logits, target_grad);
+  const int64_t C = row_len(a.logits, reduction);
+  VAE_DISPATCH(a.logits.scalar_type(), "vae_fast.bernoulli_nll_backward", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pg = grad.data_ptr<scalar_t>();
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    const scalar_t* pt = t.data_ptr<scalar_t>();
+    const scalar_t* pg = a.grad.data_ptr<scalar_t>();
+    const scalar_t* px = a.logits.data_ptr<scalar_t>();
+    const scalar_t* pt = a.target.data_ptr<scalar_t>();
     scalar_t* pgx = gx.data_ptr<scalar_t>();
     scalar_t* pgt = target_grad ? gt.data_ptr<scalar_t>() : nullptr;
-    for_blocks<T>(x.numel() ? x.numel() / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
+    const int64_t numel = a.logits.numel();
+    for_blocks<T>(numel ? numel / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
       alignas(64) T bg[kBlock], bx[kBlock], bt[kBlock], ox[kBlock], ot[kBlock];
       const T* g = grad_block(pg, reduction, scale, C, b, n, bg);
       T* ogx = out_ptr(pgx + b, ox);
@@ -565,20 +488,16 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad
   return {gx, gt};
 }
 
-at::Tensor gaussian_nll(const at::Tensor& mean_, const at::Tensor& logvar_,
-                        const at::Tensor& target_, int64_t reduction, double scale) {
-  check_float(mean_, "mean");
-  check_like(logvar_, "logvar", mean_, "mean");
-  check_like(target_, "target", mean_, "mean");
-  check_reduction(reduction, mean_, "mean");
-  const at::Tensor m = mean_.contiguous(), l = logvar_.contiguous(), t = target_.contiguous();
+at::Tensor gaussian_nll(const at::Tensor& mean, const at::Tensor& logvar, const at::Tensor& target,
+                        int64_t reduction, double scale) {
+  const GnllArgs a = gnll_args(mean, logvar, target, reduction, Backend::kCpu);
   at::Tensor out;
-  VAE_DISPATCH(m.scalar_type(), "vae_fast.gaussian_nll", [&] {
+  VAE_DISPATCH(a.mean.scalar_type(), "vae_fast.gaussian_nll", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pm = m.data_ptr<scalar_t>();
-    const scalar_t* pl = l.data_ptr<scalar_t>();
-    const scalar_t* pt = t.data_ptr<scalar_t>();
-    out = reduce_forward<scalar_t>(m, reduction, scale, [&](int64_t b, int64_t n, T* v) {
+    const scalar_t* pm = a.mean.data_ptr<scalar_t>();
+    const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
+    const scalar_t* pt = a.target.data_ptr<scalar_t>();
+    out = reduce_forward<scalar_t>(a.mean, reduction, scale, [&](int64_t b, int64_t n, T* v) {
       alignas(64) T bm[kBlock], bl[kBlock], bt[kBlock];
       gnll_loop(load(pm + b, n, bm), load(pl + b, n, bl), load(pt + b, n, bt), v, n);
     });
@@ -586,29 +505,24 @@ at::Tensor gaussian_nll(const at::Tensor& mean_, const at::Tensor& logvar_,
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad_,
-                                                         const at::Tensor& mean_,
-                                                         const at::Tensor& logvar_,
-                                                         const at::Tensor& target_,
+std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,
+                                                         const at::Tensor& mean,
+                                                         const at::Tensor& logvar,
+                                                         const at::Tensor& target,
                                                          int64_t reduction, double scale) {
-  check_float(mean_, "mean");
-  check_like(logvar_, "logvar", mean_, "mean");
-  check_like(target_, "target", mean_, "mean");
-  check_reduction(reduction, mean_, "mean");
-  check_grad(grad_, "grad", mean_, "mean", reduced_shape(mean_, reduction));
-  const at::Tensor m = mean_.contiguous(), l = logvar_.contiguous(), t = target_.contiguous();
-  const at::Tensor grad = grad_.contiguous();
-  at::Tensor gm = at::empty(m.sizes(), m.options()), gl = at::empty(m.sizes(), m.options());
-  const int64_t C = row_len(m, reduction);
-  VAE_DISPATCH(m.scalar_type(), "vae_fast.gaussian_nll_backward", [&] {
+  const GnllArgs a = gnll_args(mean, logvar, target, reduction, Backend::kCpu, &grad);
+  at::Tensor gm = grad_out(a.mean), gl = grad_out(a.mean);
+  const int64_t C = row_len(a.mean, reduction);
+  VAE_DISPATCH(a.mean.scalar_type(), "vae_fast.gaussian_nll_backward", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pg = grad.data_ptr<scalar_t>();
-    const scalar_t* pm = m.data_ptr<scalar_t>();
-    const scalar_t* pl = l.data_ptr<scalar_t>();
-    const scalar_t* pt = t.data_ptr<scalar_t>();
+    const scalar_t* pg = a.grad.data_ptr<scalar_t>();
+    const scalar_t* pm = a.mean.data_ptr<scalar_t>();
+    const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
+    const scalar_t* pt = a.target.data_ptr<scalar_t>();
     scalar_t* pgm = gm.data_ptr<scalar_t>();
     scalar_t* pgl = gl.data_ptr<scalar_t>();
-    for_blocks<T>(m.numel() ? m.numel() / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
+    const int64_t numel = a.mean.numel();
+    for_blocks<T>(numel ? numel / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
       alignas(64) T bg[kBlock], bm[kBlock], bl[kBlock], bt[kBlock], om[kBlock], ol[kBlock];
       const T* g = grad_block(pg, reduction, scale, C, b, n, bg);
       T* ogm = out_ptr(pgm + b, om);
@@ -649,16 +563,7 @@ std::tuple<at::Tensor, at::Tensor> philox_uniform(const at::Tensor& philox, int6
 
 TORCH_LIBRARY_IMPL(vae_fast, CPU, m) {
   using namespace vae_fast;
-  m.impl("reparameterize", &reparameterize);
-  m.impl("reparameterize_backward", &reparameterize_backward);
-  m.impl("sample_and_kl", &sample_and_kl);
-  m.impl("sample_and_kl_backward", &sample_and_kl_backward);
-  m.impl("gaussian_kl", &gaussian_kl);
-  m.impl("gaussian_kl_backward", &gaussian_kl_backward);
-  m.impl("bernoulli_nll", &bernoulli_nll);
-  m.impl("bernoulli_nll_backward", &bernoulli_nll_backward);
-  m.impl("gaussian_nll", &gaussian_nll);
-  m.impl("gaussian_nll_backward", &gaussian_nll_backward);
+  VAE_FAST_IMPL_OPS(m);
 }
 
 TORCH_LIBRARY_IMPL(vae_fast_testing, CPU, m) { m.impl("philox_uniform", &vae_fast::philox_uniform); }

@@ -23,7 +23,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "csrc/common.h"
+#include "csrc/args.h"
 #include "kernels/philox.h"
 #include "kernels/reduce.cuh"
 #include "kernels/vae_math.h"
@@ -350,10 +350,6 @@ int blocks_for(int64_t n, const at::Tensor& like) {
   return static_cast<int>(std::max<int64_t>(1, std::min(want, cap)));
 }
 
-void check_cuda(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.is_cuda(), name, ": expected a CUDA tensor, got device ", x.device());
-}
-
 #define VAE_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
@@ -367,8 +363,9 @@ template <int NIN, class F>
 at::Tensor loss_forward(const std::array<at::Tensor, 4>& inputs, int64_t reduction, double scale,
                         F f) {
   const at::Tensor& x = inputs[0];
+  const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.numel(), R = reduction == kRows ? rows_of(x) : 1;
-  at::Tensor out = at::empty(reduced_shape(x, reduction), x.options());
+  at::Tensor out = forward_out(x, reduction);
   if (reduction != kNone && n == 0) return out.zero_();
   if (n == 0) return out;
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -398,6 +395,7 @@ void loss_backward(const at::Tensor& grad, const std::array<at::Tensor, 4>& inpu
   const at::Tensor& x = inputs[0];
   const int64_t n = x.numel();
   if (n == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
   const int64_t R = rows_of(x), C = reduction == kRows ? n / R : n;
   auto stream = c10::cuda::getCurrentCUDAStream();
   VAE_DISPATCH(x.scalar_type(), "vae_fast.loss_backward", [&] {
@@ -419,37 +417,29 @@ void loss_backward(const at::Tensor& grad, const std::array<at::Tensor, 4>& inpu
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> sample_impl(const at::Tensor& mu_, const at::Tensor& logvar_,
-                                               const at::Tensor& philox, int64_t num_samples,
-                                               bool with_kl) {
-  check_float(mu_, "mu");
-  check_cuda(mu_, "mu");
-  check_like(logvar_, "logvar", mu_, "mu");
-  check_philox(philox, mu_);
-  check_samples(num_samples);
-  c10::cuda::CUDAGuard guard(mu_.device());
-  const at::Tensor mu = mu_.contiguous(), logvar = logvar_.contiguous();
-  const int64_t N = mu.numel(), R = with_kl ? rows_of(mu) : 1;
-  at::Tensor z = at::empty(sample_shape(mu, num_samples), mu.options());
-  at::Tensor kl = with_kl ? at::empty({R}, mu.options()) : at::Tensor();
+// z and (with kl) the KL row sums
+void sample(const SampleArgs& a, const at::Tensor& philox, int64_t num_samples) {
+  const c10::cuda::CUDAGuard guard(a.mu.device());
+  const int64_t N = a.N, R = a.R;
+  const bool with_kl = a.kl.defined();
   if (N == 0) {
-    if (with_kl) kl.zero_();
-    return {z, kl};
+    if (with_kl) a.kl.zero_();
+    return;
   }
   const at::Tensor ph = philox.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  VAE_DISPATCH(mu.scalar_type(), "vae_fast.sample", [&] {
+  VAE_DISPATCH(a.mu.scalar_type(), "vae_fast.sample", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pm = mu.data_ptr<scalar_t>();
-    const scalar_t* pl = logvar.data_ptr<scalar_t>();
-    scalar_t* pz = z.data_ptr<scalar_t>();
+    const scalar_t* pm = a.mu.data_ptr<scalar_t>();
+    const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
+    scalar_t* pz = a.z.data_ptr<scalar_t>();
     const bool vec = N % 4 == 0 && aligned4(pm) && aligned4(pl) && aligned4(pz);
-    const int blocks = blocks_for(N, mu);
+    const int blocks = blocks_for(N, a.mu);
     if (with_kl) {
-      auto [buf, acc] = make_acc<T>(R, mu);
+      auto [buf, acc] = make_acc<T>(R, a.mu);
       sample_forward_kernel<true, scalar_t><<<blocks, kThreads, 0, stream>>>(
           pm, pl, ph.data_ptr<int64_t>(), num_samples, N, N / R, pz, acc, R,
-          kl.data_ptr<scalar_t>(), vec);
+          a.kl.data_ptr<scalar_t>(), vec);
     } else {
       sample_forward_kernel<false, scalar_t><<<blocks, kThreads, 0, stream>>>(
           pm, pl, ph.data_ptr<int64_t>(), num_samples, N, N, pz, Acc<T>{nullptr, nullptr}, 1,
@@ -457,134 +447,64 @@ std::tuple<at::Tensor, at::Tensor> sample_impl(const at::Tensor& mu_, const at::
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {z, kl};
 }
 
-at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& philox,
-                          int64_t num_samples) {
-  return std::get<0>(sample_impl(mu, logvar, philox, num_samples, false));
-}
-
-std::tuple<at::Tensor, at::Tensor> sample_and_kl(const at::Tensor& mu, const at::Tensor& logvar,
-                                                 const at::Tensor& philox, int64_t num_samples) {
-  return sample_impl(mu, logvar, philox, num_samples, true);
-}
-
-std::tuple<at::Tensor, at::Tensor> sample_backward_impl(const at::Tensor& grad_z_,
-                                                        const at::Tensor* grad_kl_,
-                                                        const at::Tensor* mu_,
-                                                        const at::Tensor& logvar_,
-                                                        const at::Tensor& philox,
-                                                        int64_t num_samples) {
-  check_float(logvar_, "logvar");
-  check_cuda(logvar_, "logvar");
-  check_samples(num_samples);
-  check_philox(philox, logvar_);
-  check_grad(grad_z_, "grad_z", logvar_, "logvar", sample_shape(logvar_, num_samples));
-  c10::cuda::CUDAGuard guard(logvar_.device());
-  at::Tensor mu, grad_kl;
-  int64_t R = 1;
-  if (mu_) {
-    check_like(*mu_, "mu", logvar_, "logvar");
-    R = rows_of(*mu_);
-    check_grad(*grad_kl_, "grad_kl", logvar_, "logvar", {R});
-    mu = mu_->contiguous();
-    grad_kl = grad_kl_->contiguous();
-  }
-  const at::Tensor grad_z = grad_z_.contiguous(), logvar = logvar_.contiguous();
-  const int64_t N = logvar.numel();
-  at::Tensor grad_logvar = at::empty(logvar.sizes(), logvar.options());
-  at::Tensor grad_mu = mu_ ? at::empty(logvar.sizes(), logvar.options()) : at::Tensor();
-  if (N == 0) return {grad_mu, grad_logvar};
+// grad_logvar (and with grad_kl, grad_mu), replaying eps
+void sample_backward(const SampleGradArgs& a, const at::Tensor& philox, int64_t num_samples) {
+  const c10::cuda::CUDAGuard guard(a.logvar.device());
+  const int64_t N = a.N, R = a.R;
+  if (N == 0) return;
   const at::Tensor ph = philox.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  VAE_DISPATCH(logvar.scalar_type(), "vae_fast.sample_backward", [&] {
-    const scalar_t* pgz = grad_z.data_ptr<scalar_t>();
-    const scalar_t* pl = logvar.data_ptr<scalar_t>();
-    scalar_t* pgl = grad_logvar.data_ptr<scalar_t>();
+  VAE_DISPATCH(a.logvar.scalar_type(), "vae_fast.sample_backward", [&] {
+    const scalar_t* pgz = a.grad_z.data_ptr<scalar_t>();
+    const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
+    scalar_t* pgl = a.grad_logvar.data_ptr<scalar_t>();
     bool vec = N % 4 == 0 && aligned4(pgz) && aligned4(pl) && aligned4(pgl);
-    if (mu_) {
-      const scalar_t* pm = mu.data_ptr<scalar_t>();
-      scalar_t* pgm = grad_mu.data_ptr<scalar_t>();
+    if (a.mu.defined()) {
+      const scalar_t* pm = a.mu.data_ptr<scalar_t>();
+      scalar_t* pgm = a.grad_mu.data_ptr<scalar_t>();
       vec = vec && aligned4(pm) && aligned4(pgm);
-      sample_backward_kernel<true, scalar_t><<<blocks_for(N, logvar), kThreads, 0, stream>>>(
-          pgz, grad_kl.data_ptr<scalar_t>(), pm, pl, ph.data_ptr<int64_t>(), num_samples, N,
+      sample_backward_kernel<true, scalar_t><<<blocks_for(N, a.logvar), kThreads, 0, stream>>>(
+          pgz, a.grad_kl.data_ptr<scalar_t>(), pm, pl, ph.data_ptr<int64_t>(), num_samples, N,
           N / R, pgm, pgl, vec);
     } else {
-      sample_backward_kernel<false, scalar_t><<<blocks_for(N, logvar), kThreads, 0, stream>>>(
+      sample_backward_kernel<false, scalar_t><<<blocks_for(N, a.logvar), kThreads, 0, stream>>>(
           pgz, nullptr, nullptr, pl, ph.data_ptr<int64_t>(), num_samples, N, N, nullptr, pgl, vec);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_mu, grad_logvar};
 }
 
-at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& logvar,
-                                   const at::Tensor& philox, int64_t num_samples) {
-  return std::get<1>(sample_backward_impl(grad_z, nullptr, nullptr, logvar, philox, num_samples));
-}
-
-std::tuple<at::Tensor, at::Tensor> sample_and_kl_backward(const at::Tensor& grad_z,
-                                                          const at::Tensor& grad_kl,
-                                                          const at::Tensor& mu,
-                                                          const at::Tensor& logvar,
-                                                          const at::Tensor& philox,
-                                                          int64_t num_samples) {
-  check_float(mu, "mu");
-  return sample_backward_impl(grad_z, &grad_kl, &mu, logvar, philox, num_samples);
-}
-
-at::Tensor prior_arg(const std::optional<at::Tensor>& p, const char* name, const at::Tensor& mu) {
-  if (!p.has_value() || !p->defined()) return at::Tensor();
-  check_like(*p, name, mu, "mu");
-  return p->contiguous();
-}
+using Sampling = SamplingOps<Backend::kCuda, sample, sample_backward>;
 
 at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
                        const std::optional<at::Tensor>& prior_mu,
                        const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
                        double scale) {
-  check_float(mu, "mu");
-  check_cuda(mu, "mu");
-  check_like(logvar, "logvar", mu, "mu");
-  check_reduction(reduction, mu, "mu");
-  c10::cuda::CUDAGuard guard(mu.device());
-  const at::Tensor pmu = prior_arg(prior_mu, "prior_mu", mu);
-  const at::Tensor plv = prior_arg(prior_logvar, "prior_logvar", mu);
-  const bool prior = pmu.defined() || plv.defined();
-  return loss_forward<4>({mu.contiguous(), logvar.contiguous(), pmu, plv}, reduction, scale,
-                         KlFwd{prior});
+  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda);
+  return loss_forward<4>({a.mu, a.logvar, a.prior_mu, a.prior_logvar}, reduction, scale,
+                         KlFwd{a.has_prior()});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
     const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& logvar,
     const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
     int64_t reduction, double scale) {
-  check_float(mu, "mu");
-  check_cuda(mu, "mu");
-  check_like(logvar, "logvar", mu, "mu");
-  check_reduction(reduction, mu, "mu");
-  check_grad(grad, "grad", mu, "mu", reduced_shape(mu, reduction));
-  c10::cuda::CUDAGuard guard(mu.device());
-  const at::Tensor pmu = prior_arg(prior_mu, "prior_mu", mu);
-  const at::Tensor plv = prior_arg(prior_logvar, "prior_logvar", mu);
-  at::Tensor gmu = at::empty(mu.sizes(), mu.options()), glv = at::empty(mu.sizes(), mu.options());
-  at::Tensor gplv = plv.defined() ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
-  loss_backward<4, 3>(grad.contiguous(), {mu.contiguous(), logvar.contiguous(), pmu, plv},
-                      {gmu, glv, plv.defined() ? gplv : at::Tensor()}, reduction, scale,
-                      KlBwd{pmu.defined() || plv.defined()});
+  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda, &grad);
+  const bool has_plv = a.prior_logvar.defined();
+  at::Tensor gmu = grad_out(a.mu), glv = grad_out(a.mu), gplv = grad_out(a.mu, has_plv);
+  loss_backward<4, 3>(a.grad, {a.mu, a.logvar, a.prior_mu, a.prior_logvar},
+                      {gmu, glv, has_plv ? gplv : at::Tensor()}, reduction, scale,
+                      KlBwd{a.has_prior()});
   return {gmu, glv, gplv};
 }
 
 at::Tensor bernoulli_nll(const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
                          double scale) {
-  check_float(logits, "logits");
-  check_cuda(logits, "logits");
-  check_like(target, "target", logits, "logits");
-  check_reduction(reduction, logits, "logits");
-  c10::cuda::CUDAGuard guard(logits.device());
-  return loss_forward<2>({logits.contiguous(), target.contiguous(), at::Tensor(), at::Tensor()},
-                         reduction, scale, BceFwd{});
+  const BceArgs a = bce_args(logits, target, reduction, Backend::kCuda);
+  return loss_forward<2>({a.logits, a.target, at::Tensor(), at::Tensor()}, reduction, scale,
+                         BceFwd{});
 }
 
 std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad,
@@ -592,17 +512,9 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad
                                                           const at::Tensor& target,
                                                           int64_t reduction, double scale,
                                                           bool target_grad) {
-  check_float(logits, "logits");
-  check_cuda(logits, "logits");
-  check_like(target, "target", logits, "logits");
-  check_reduction(reduction, logits, "logits");
-  check_grad(grad, "grad", logits, "logits", reduced_shape(logits, reduction));
-  c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor gx = at::empty(logits.sizes(), logits.options());
-  at::Tensor gt = target_grad ? at::empty(logits.sizes(), logits.options())
-                              : at::empty({0}, logits.options());
-  loss_backward<2, 2>(grad.contiguous(),
-                      {logits.contiguous(), target.contiguous(), at::Tensor(), at::Tensor()},
+  const BceArgs a = bce_args(logits, target, reduction, Backend::kCuda, &grad);
+  at::Tensor gx = grad_out(a.logits), gt = grad_out(a.logits, target_grad);
+  loss_backward<2, 2>(a.grad, {a.logits, a.target, at::Tensor(), at::Tensor()},
                       {gx, target_grad ? gt : at::Tensor(), at::Tensor()}, reduction, scale,
                       BceBwd{});
   return {gx, gt};
@@ -610,14 +522,8 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad
 
 at::Tensor gaussian_nll(const at::Tensor& mean, const at::Tensor& logvar, const at::Tensor& target,
                         int64_t reduction, double scale) {
-  check_float(mean, "mean");
-  check_cuda(mean, "mean");
-  check_like(logvar, "logvar", mean, "mean");
-  check_like(target, "target", mean, "mean");
-  check_reduction(reduction, mean, "mean");
-  c10::cuda::CUDAGuard guard(mean.device());
-  return loss_forward<3>({mean.contiguous(), logvar.contiguous(), target.contiguous(), at::Tensor()},
-                         reduction, scale, GnllFwd{});
+  const GnllArgs a = gnll_args(mean, logvar, target, reduction, Backend::kCuda);
+  return loss_forward<3>({a.mean, a.logvar, a.target, at::Tensor()}, reduction, scale, GnllFwd{});
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,
@@ -625,17 +531,10 @@ std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,
                                                          const at::Tensor& logvar,
                                                          const at::Tensor& target,
                                                          int64_t reduction, double scale) {
-  check_float(mean, "mean");
-  check_cuda(mean, "mean");
-  check_like(logvar, "logvar", mean, "mean");
-  check_like(target, "target", mean, "mean");
-  check_reduction(reduction, mean, "mean");
-  check_grad(grad, "grad", mean, "mean", reduced_shape(mean, reduction));
-  c10::cuda::CUDAGuard guard(mean.device());
-  at::Tensor gm = at::empty(mean.sizes(), mean.options()), gl = at::empty(mean.sizes(), mean.options());
-  loss_backward<3, 2>(grad.contiguous(),
-                      {mean.contiguous(), logvar.contiguous(), target.contiguous(), at::Tensor()},
-                      {gm, gl, at::Tensor()}, reduction, scale, GnllBwd{});
+  const GnllArgs a = gnll_args(mean, logvar, target, reduction, Backend::kCuda, &grad);
+  at::Tensor gm = grad_out(a.mean), gl = grad_out(a.mean);
+  loss_backward<3, 2>(a.grad, {a.mean, a.logvar, a.target, at::Tensor()}, {gm, gl, at::Tensor()},
+                      reduction, scale, GnllBwd{});
   return {gm, gl};
 }
 
@@ -644,14 +543,5 @@ std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,
 
 TORCH_LIBRARY_IMPL(vae_fast, CUDA, m) {
   using namespace vae_fast;
-  m.impl("reparameterize", &reparameterize);
-  m.impl("reparameterize_backward", &reparameterize_backward);
-  m.impl("sample_and_kl", &sample_and_kl);
-  m.impl("sample_and_kl_backward", &sample_and_kl_backward);
-  m.impl("gaussian_kl", &gaussian_kl);
-  m.impl("gaussian_kl_backward", &gaussian_kl_backward);
-  m.impl("bernoulli_nll", &bernoulli_nll);
-  m.impl("bernoulli_nll_backward", &bernoulli_nll_backward);
-  m.impl("gaussian_nll", &gaussian_nll);
-  m.impl("gaussian_nll_backward", &gaussian_nll_backward);
+  VAE_FAST_IMPL_OPS(m);
 }

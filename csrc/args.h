@@ -1,0 +1,211 @@
+// Host-side argument preparation of every op, shared by the CPU and CUDA kernels (docs/ops.md): the
+// checks of csrc/common.h in one order per op, the inputs made contiguous, the outputs allocated.
+// The backend files keep only their loops / launches.
+//
+// `backend` adds the device check of an op's first tensor (on CUDA: a CUDA tensor; the other tensors
+// must share its device). A CUDA launcher sets its device guard after this preparation: ATen guards
+// .contiguous() and at::empty itself, on the device's current stream, the one the kernels use.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include "csrc/common.h"
+
+namespace vae_fast {
+
+enum class Backend { kCpu, kCuda };
+
+// dtype of an op's first tensor and, on the CUDA backend, its device
+inline void check_first(const at::Tensor& x, const char* name, Backend backend) {
+  check_float(x, name);
+  TORCH_CHECK(backend != Backend::kCuda || x.is_cuda(), name, ": expected a CUDA tensor, got device ",
+              x.device());
+}
+
+// optional prior argument: contiguous, or undefined when absent
+inline at::Tensor prior_arg(const std::optional<at::Tensor>& p, const char* name,
+                            const at::Tensor& mu) {
+  if (!p.has_value() || !p->defined()) return at::Tensor();
+  check_like(*p, name, mu, "mu");
+  return p->contiguous();
+}
+
+// `grad` of a loss backward op (null in a forward op: undefined), checked against the forward
+// output's shape, contiguous
+inline at::Tensor loss_grad_arg(const at::Tensor* grad, const at::Tensor& x, const char* x_name,
+                                int64_t reduction) {
+  if (grad == nullptr) return at::Tensor();
+  check_grad(*grad, "grad", x, x_name, reduced_shape(x, reduction));
+  return grad->contiguous();
+}
+
+// the output of a loss forward op, shaped by the reduction
+inline at::Tensor forward_out(const at::Tensor& x, int64_t reduction) {
+  return at::empty(reduced_shape(x, reduction), x.options());
+}
+
+// a gradient output shaped like x, or an empty tensor when it is not wanted (docs/ops.md)
+inline at::Tensor grad_out(const at::Tensor& x, bool wanted = true) {
+  return wanted ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+}
+
+// ---- reparameterize / sample_and_kl ----
+struct SampleArgs {
+  at::Tensor mu, logvar;  // contiguous
+  at::Tensor z, kl;       // outputs: (num_samples, *mu.shape), and the KL row sums (undefined without)
+  int64_t N, R;           // elements of mu; rows of the KL (1 without)
+};
+inline SampleArgs sample_args(const at::Tensor& mu, const at::Tensor& logvar,
+                              const at::Tensor& philox, int64_t num_samples, bool with_kl,
+                              Backend backend) {
+  check_first(mu, "mu", backend);
+  check_like(logvar, "logvar", mu, "mu");
+  check_philox(philox, mu);
+  check_samples(num_samples);
+  SampleArgs a;
+  a.mu = mu.contiguous();
+  a.logvar = logvar.contiguous();
+  a.N = a.mu.numel();
+  a.R = with_kl ? rows_of(a.mu) : 1;
+  a.z = at::empty(sample_shape(a.mu, num_samples), a.mu.options());
+  if (with_kl) a.kl = at::empty({a.R}, a.mu.options());
+  return a;
+}
+
+// ---- reparameterize_backward (mu, grad_kl null) / sample_and_kl_backward ----
+struct SampleGradArgs {
+  at::Tensor grad_z, logvar, mu, grad_kl;  // contiguous; mu, grad_kl undefined without the KL
+  at::Tensor grad_mu, grad_logvar;         // outputs; grad_mu undefined without the KL
+  int64_t N, R;                            // elements of logvar; rows of grad_kl (1 without)
+};
+inline SampleGradArgs sample_grad_args(const at::Tensor& grad_z, const at::Tensor* grad_kl,
+                                       const at::Tensor* mu, const at::Tensor& logvar,
+                                       const at::Tensor& philox, int64_t num_samples,
+                                       Backend backend) {
+  if (mu) check_float(*mu, "mu");
+  check_first(logvar, "logvar", backend);
+  check_samples(num_samples);
+  check_philox(philox, logvar);
+  check_grad(grad_z, "grad_z", logvar, "logvar", sample_shape(logvar, num_samples));
+  SampleGradArgs a;
+  a.R = 1;
+  if (mu) {
+    check_like(*mu, "mu", logvar, "logvar");
+    a.R = rows_of(*mu);
+    check_grad(*grad_kl, "grad_kl", logvar, "logvar", {a.R});
+    a.mu = mu->contiguous();
+    a.grad_kl = grad_kl->contiguous();
+  }
+  a.grad_z = grad_z.contiguous();
+  a.logvar = logvar.contiguous();
+  a.N = a.logvar.numel();
+  a.grad_logvar = grad_out(a.logvar);
+  if (mu) a.grad_mu = grad_out(a.logvar);
+  return a;
+}
+
+// The four sampling ops of a backend from its two sampling functions, which fill the outputs:
+//   Sample(const SampleArgs&, philox, num_samples): z (and kl when defined)
+//   SampleGrad(const SampleGradArgs&, philox, num_samples): grad_logvar (and grad_mu when defined)
+template <Backend B, auto Sample, auto SampleGrad> struct SamplingOps {
+  static at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar,
+                                   const at::Tensor& philox, int64_t num_samples) {
+    const SampleArgs a = sample_args(mu, logvar, philox, num_samples, false, B);
+    Sample(a, philox, num_samples);
+    return a.z;
+  }
+  static std::tuple<at::Tensor, at::Tensor> sample_and_kl(const at::Tensor& mu,
+                                                          const at::Tensor& logvar,
+                                                          const at::Tensor& philox,
+                                                          int64_t num_samples) {
+    const SampleArgs a = sample_args(mu, logvar, philox, num_samples, true, B);
+    Sample(a, philox, num_samples);
+    return {a.z, a.kl};
+  }
+  static at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& logvar,
+                                            const at::Tensor& philox, int64_t num_samples) {
+    const SampleGradArgs a =
+        sample_grad_args(grad_z, nullptr, nullptr, logvar, philox, num_samples, B);
+    SampleGrad(a, philox, num_samples);
+    return a.grad_logvar;
+  }
+  static std::tuple<at::Tensor, at::Tensor> sample_and_kl_backward(
+      const at::Tensor& grad_z, const at::Tensor& grad_kl, const at::Tensor& mu,
+      const at::Tensor& logvar, const at::Tensor& philox, int64_t num_samples) {
+    const SampleGradArgs a =
+        sample_grad_args(grad_z, &grad_kl, &mu, logvar, philox, num_samples, B);
+    SampleGrad(a, philox, num_samples);
+    return {a.grad_mu, a.grad_logvar};
+  }
+};
+
+// ---- gaussian_kl(_backward) ----
+struct KlArgs {
+  at::Tensor mu, logvar, prior_mu, prior_logvar;  // contiguous; an absent prior is undefined
+  at::Tensor grad;                                // backward ops
+  bool has_prior() const { return prior_mu.defined() || prior_logvar.defined(); }
+};
+inline KlArgs kl_args(const at::Tensor& mu, const at::Tensor& logvar,
+                      const std::optional<at::Tensor>& prior_mu,
+                      const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
+                      Backend backend, const at::Tensor* grad = nullptr) {
+  check_first(mu, "mu", backend);
+  check_like(logvar, "logvar", mu, "mu");
+  check_reduction(reduction, mu, "mu");
+  KlArgs a;
+  a.grad = loss_grad_arg(grad, mu, "mu", reduction);
+  a.prior_mu = prior_arg(prior_mu, "prior_mu", mu);
+  a.prior_logvar = prior_arg(prior_logvar, "prior_logvar", mu);
+  a.mu = mu.contiguous();
+  a.logvar = logvar.contiguous();
+  return a;
+}
+
+// ---- bernoulli_nll(_backward) ----
+struct BceArgs {
+  at::Tensor logits, target, grad;  // contiguous; grad: backward ops
+};
+inline BceArgs bce_args(const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
+                        Backend backend, const at::Tensor* grad = nullptr) {
+  check_first(logits, "logits", backend);
+  check_like(target, "target", logits, "logits");
+  check_reduction(reduction, logits, "logits");
+  at::Tensor g = loss_grad_arg(grad, logits, "logits", reduction);
+  return {logits.contiguous(), target.contiguous(), g};
+}
+
+// ---- gaussian_nll(_backward) ----
+struct GnllArgs {
+  at::Tensor mean, logvar, target, grad;  // contiguous; grad: backward ops
+};
+inline GnllArgs gnll_args(const at::Tensor& mean, const at::Tensor& logvar,
+                          const at::Tensor& target, int64_t reduction, Backend backend,
+                          const at::Tensor* grad = nullptr) {
+  check_first(mean, "mean", backend);
+  check_like(logvar, "logvar", mean, "mean");
+  check_like(target, "target", mean, "mean");
+  check_reduction(reduction, mean, "mean");
+  at::Tensor g = loss_grad_arg(grad, mean, "mean", reduction);
+  return {mean.contiguous(), logvar.contiguous(), target.contiguous(), g};
+}
+
+}  // namespace vae_fast
+
+// The body of a backend's TORCH_LIBRARY_IMPL(vae_fast, <key>, m): its op functions (of these names,
+// with `Sampling` its SamplingOps) for the schemas of csrc/ops.cpp.
+#define VAE_FAST_IMPL_OPS(m)                                                  \
+  m.impl("reparameterize", &Sampling::reparameterize);                        \
+  m.impl("reparameterize_backward", &Sampling::reparameterize_backward);      \
+  m.impl("sample_and_kl", &Sampling::sample_and_kl);                          \
+  m.impl("sample_and_kl_backward", &Sampling::sample_and_kl_backward);        \
+  m.impl("gaussian_kl", &gaussian_kl);                                        \
+  m.impl("gaussian_kl_backward", &gaussian_kl_backward);                      \
+  m.impl("bernoulli_nll", &bernoulli_nll);                                    \
+  m.impl("bernoulli_nll_backward", &bernoulli_nll_backward);                  \
+  m.impl("gaussian_nll", &gaussian_nll);                                      \
+  m.impl("gaussian_nll_backward", &gaussian_nll_backward)
