@@ -175,3 +175,20 @@ def test_inputs_are_not_written(backend):
     vae_fast.bernoulli_nll(x, t, backend=backend).backward()
     vae_fast.gaussian_kl(x, t, backend=backend).backward()
     assert torch.equal(x.detach(), before[0]) and torch.equal(t.detach(), before[1])
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_contiguous_views_with_an_odd_storage_offset(backend):
+    """x[1:] is contiguous but its data pointer is not 16-byte aligned: vectorised paths must fall back."""
+    device = need(backend)
+    base = make((4 * 257 + 1,), torch.float32, device, lo=-4, hi=4).detach()
+    tbase = make((4 * 257 + 1,), torch.float32, device, lo=0, hi=1, seed=1).detach()
+    x, t = base[1:].reshape(4, 257).requires_grad_(), tbase[1:].reshape(4, 257).requires_grad_()
+    for reduction in ("none", "sum"):
+        compare(lambda a, b: vae_fast.bernoulli_nll(a, b, reduction=reduction, backend=backend),
+                lambda a, b: reference.reduce(reference.bernoulli_nll(a, b), reduction), (x, t),
+                torch.float32, reduction)
+    mu, lv = base[1:1025].reshape(4, 256), tbase[1:1025].reshape(4, 256)
+    z, kl = vae_fast.sample_and_kl(mu, lv, backend=backend)
+    torch.testing.assert_close(kl, reference.per_sample(reference.gaussian_kl(mu, lv)), rtol=1e-5, atol=1e-4)
+    assert torch.isfinite(z).all()
