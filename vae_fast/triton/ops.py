@@ -160,7 +160,7 @@ def sample(mu, logvar, philox, num_samples: int, with_kl: bool):
     mu, logvar = mu.contiguous(), logvar.contiguous()
     z = torch.empty((num_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
     kl = accumulator(mu, ROWS) if with_kl else z
-    R, C = rows_cols(mu, ROWS)
+    R, C = rows_cols(mu, ROWS if with_kl else SUM)  # rows only matter for the KL
     launch(k.sample_fwd, mu, R, C, (mu, logvar, philox, z, kl), num_samples,
            WITH_KL=with_kl, FAST_RNG=fast_rng(R, C, num_samples))
     return z, kl.to(mu.dtype)
@@ -171,7 +171,7 @@ def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int):
     with_kl = grad_kl is not None
     glv = torch.empty_like(logvar)
     gmu = torch.empty_like(logvar) if with_kl else glv
-    R, C = rows_cols(logvar, ROWS)
+    R, C = rows_cols(logvar, ROWS if with_kl else SUM)
     launch(k.sample_bwd, logvar, R, C, (grad_z, grad_kl.contiguous() if with_kl else glv,
            mu.contiguous() if with_kl else glv, logvar, philox, gmu, glv), num_samples,
            WITH_KL=with_kl, FAST_RNG=fast_rng(R, C, num_samples))
