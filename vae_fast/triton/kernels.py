@@ -178,7 +178,7 @@ def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, R, C, S, n_tiles, WITH
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     seed = tl.load(philox_ptr)
     offset = tl.load(philox_ptr + 1)
-    N = R.to(tl.int64) * C
+    N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
     for t in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         rows, offs, mask = tile(t, R, C, BLOCK_R, BLOCK_C)
         mu = load(mu_ptr, offs, mask, ACC)
@@ -199,7 +199,7 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, R,
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     seed = tl.load(philox_ptr)
     offset = tl.load(philox_ptr + 1)
-    N = R.to(tl.int64) * C
+    N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
     for t in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         rows, offs, mask = tile(t, R, C, BLOCK_R, BLOCK_C)
         lv = load(lv_ptr, offs, mask, ACC)

@@ -76,7 +76,7 @@ def sigmoid(x):
 
 # ---- Gaussian NLL: 0.5*(log 2pi + lv + (t - m)^2 e^-lv) ----
 
-LOG_2PI: tl.constexpr = 1.8378770664093453
+LOG_2PI = tl.constexpr(1.8378770664093453)
 
 
 @triton.jit

@@ -110,7 +110,8 @@ def gaussian_kl_backward(grad, mu, logvar, prior_mu, prior_logvar, reduction: in
     gmu, glv = torch.empty_like(mu), torch.empty_like(logvar)
     gplv = torch.empty_like(mu) if prior_logvar is not None else mu.new_empty(0)
     R, C = rows_cols(mu, reduction)
-    launch(k.kl_bwd, mu, R, C, (grad, mu, logvar, pmu, plv, gmu, glv, gplv), scale,
+    # an absent output gets a real buffer as its (never written) pointer: Triton rejects a null one
+    launch(k.kl_bwd, mu, R, C, (grad, mu, logvar, pmu, plv, gmu, glv, gplv if gplv.numel() else gmu), scale,
            HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None, REDUCTION=reduction)
     return gmu, glv, gplv
 
@@ -130,7 +131,7 @@ def bernoulli_nll_backward(grad, logits, target, reduction: int, scale: float, t
     glogits = torch.empty_like(logits)
     gtarget = torch.empty_like(target) if target_grad else logits.new_empty(0)
     R, C = rows_cols(logits, reduction)
-    launch(k.bce_bwd, logits, R, C, (grad, logits, target, glogits, gtarget), scale,
+    launch(k.bce_bwd, logits, R, C, (grad, logits, target, glogits, gtarget if target_grad else glogits), scale,
            TARGET_GRAD=target_grad, REDUCTION=reduction)
     return glogits, gtarget
 
