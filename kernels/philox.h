@@ -88,11 +88,17 @@ VAE_HD void randn4(uint64_t seed, uint64_t offset, uint64_t group, float out[4])
   box_muller(uint_to_uniform(w.x[2]), uint_to_uniform(w.x[3]), &out[2], &out[3]);
 }
 
+// a[j] for a run-time j in 0..3, with constant indices only: a run-time index would move `a` from
+// registers to local memory on the GPU (ptxas reported a 64-byte stack frame)
+VAE_HD float pick4(const float a[4], unsigned j) {
+  return j == 0 ? a[0] : j == 1 ? a[1] : j == 2 ? a[2] : a[3];
+}
+
 // eps of one flat element i (computes its whole group of 4; use randn4 for aligned groups)
 VAE_HD float eps(uint64_t seed, uint64_t offset, uint64_t i) {
   float out[4];
   randn4(seed, offset, i >> 2, out);
-  return out[i & 3];
+  return pick4(out, static_cast<unsigned>(i & 3));
 }
 
 // eps of the 4 consecutive flat elements i0 .. i0+3 (one group when i0 is a multiple of 4, else
@@ -102,12 +108,14 @@ VAE_HD void eps4(uint64_t seed, uint64_t offset, uint64_t i0, float out[4]) {
   randn4(seed, offset, i0 >> 2, a);
   const unsigned shift = static_cast<unsigned>(i0 & 3);
   if (shift == 0) {
+#pragma unroll
     for (int k = 0; k < 4; ++k) out[k] = a[k];
     return;
   }
   float b[4];
   randn4(seed, offset, (i0 >> 2) + 1, b);
-  for (unsigned k = 0; k < 4; ++k) out[k] = shift + k < 4 ? a[shift + k] : b[shift + k - 4];
+#pragma unroll
+  for (unsigned k = 0; k < 4; ++k) out[k] = shift + k < 4 ? pick4(a, shift + k) : pick4(b, shift + k - 4);
 }
 
 }  // namespace vae
