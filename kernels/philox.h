@@ -27,7 +27,6 @@ VAE_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t k0, uint32_t k1)
   const uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
   uint32_t c2 = 0, c3 = 0;
 #if defined(__CUDA_ARCH__)
-#pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
 #if defined(__CUDA_ARCH__)
@@ -108,13 +107,11 @@ VAE_HD void eps4(uint64_t seed, uint64_t offset, uint64_t i0, float out[4]) {
   randn4(seed, offset, i0 >> 2, a);
   const unsigned shift = static_cast<unsigned>(i0 & 3);
   if (shift == 0) {
-#pragma unroll
     for (int k = 0; k < 4; ++k) out[k] = a[k];
     return;
   }
   float b[4];
   randn4(seed, offset, (i0 >> 2) + 1, b);
-#pragma unroll
   for (unsigned k = 0; k < 4; ++k) out[k] = shift + k < 4 ? pick4(a, shift + k) : pick4(b, shift + k - 4);
 }
 
