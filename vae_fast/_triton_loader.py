@@ -1,14 +1,14 @@
 """Imports the Triton backend (registering its ops) if triton is installed; records why not."""
-import os
-
 error = None
 version = None
-interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"  # triton reads it at @jit time
+interpreted = False  # TRITON_INTERPRET=1 at import time (triton reads it when @jit runs)
 
 try:
     import triton
 
     version = triton.__version__
-    from .triton import ops as _ops  # noqa: F401  (registers vae_fast_triton::*)
+    from .triton import ops as _ops  # registers vae_fast_triton::*
+
+    interpreted = _ops.INTERPRETED
 except Exception as exc:  # ImportError, or a triton too old for this torch
     error = f"{type(exc).__name__}: {exc}"

@@ -12,8 +12,10 @@ from ._schemas import NONE, ROWS, SUM
 
 
 def _reduction_args(x: torch.Tensor, reduction: str):
-    """reduction name -> (op code, scale)."""
-    check.reduction(reduction)
+    """reduction name (already checked) -> (op code, scale)."""
+    if reduction == PER_SAMPLE:
+        check.at_least_1d("input", x)
+        return ROWS, 1.0
     if reduction == "none":
         return NONE, 1.0
     if reduction == "sum":
@@ -82,7 +84,7 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None, *, reduction="sum"
     """KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)), the standard normal when no prior is
     given; priors broadcast to mu's shape."""
     check.pair("mu", mu, "logvar", logvar)
-    code, scale = _reduction_args(mu, reduction)
+    code, scale = _reduction_args(mu, check.reduction(reduction))
     pmu, plv = _prior("prior_mu", prior_mu, mu), _prior("prior_logvar", prior_logvar, mu)
     ns = resolve(backend, mu.device)
     if ns is None:
@@ -90,47 +92,51 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None, *, reduction="sum"
     return ns.gaussian_kl(mu, logvar.to(mu.dtype), pmu, plv, code, scale)
 
 
-def bernoulli_nll(logits, target, *, reduction="mean", backend=None):
-    """Binary cross-entropy on logits: a drop-in for F.binary_cross_entropy_with_logits
-    (same values, same `reduction` meaning and default), plus reduction="batchmean"."""
+PER_SAMPLE = "per_sample"  # internal reduction: ROWS (sum over all dims but the first), for FusedOps
+
+
+def _reduce_reference(x, reduction):
+    return reference.per_sample(x) if reduction == PER_SAMPLE else reference.reduce(x, reduction)
+
+
+def _bernoulli_nll(logits, target, reduction, backend):
     check.pair("logits", logits, "target", target)
     code, scale = _reduction_args(logits, reduction)
     ns = resolve(backend, logits.device)
     if ns is None:
-        return reference.reduce(reference.bernoulli_nll(logits, target), reduction)
+        return _reduce_reference(reference.bernoulli_nll(logits, target), reduction)
     return ns.bernoulli_nll(logits, target.to(logits.dtype), code, scale)
 
 
-def gaussian_nll(mean, logvar, target, *, reduction="mean", backend=None):
-    """-log N(target; mean, e^logvar) with the 0.5*log(2*pi) term; logvar broadcasts to mean."""
+def _gaussian_nll(mean, logvar, target, reduction, backend):
     check.pair("mean", mean, "target", target)
     check.prior("logvar", logvar, "mean", mean)
     code, scale = _reduction_args(mean, reduction)
     ns = resolve(backend, mean.device)
     if ns is None:
-        return reference.reduce(reference.gaussian_nll(mean, logvar, target), reduction)
+        return _reduce_reference(reference.gaussian_nll(mean, logvar, target), reduction)
     return ns.gaussian_nll(mean, logvar.to(mean.dtype).expand(mean.shape), target.to(mean.dtype), code, scale)
+
+
+def bernoulli_nll(logits, target, *, reduction="mean", backend=None):
+    """Binary cross-entropy on logits: a drop-in for F.binary_cross_entropy_with_logits
+    (same values, same `reduction` meaning and default), plus reduction="batchmean"."""
+    return _bernoulli_nll(logits, target, check.reduction(reduction), backend)
+
+
+def gaussian_nll(mean, logvar, target, *, reduction="mean", backend=None):
+    """-log N(target; mean, e^logvar) with the 0.5*log(2*pi) term; logvar broadcasts to mean."""
+    return _gaussian_nll(mean, logvar, target, check.reduction(reduction), backend)
 
 
 def bernoulli_nll_per_sample(logits, target, *, backend=None):
     """bernoulli_nll summed over all dims but the first, in the kernel: shape (batch,)."""
-    check.pair("logits", logits, "target", target)
-    check.at_least_1d("logits", logits)
-    ns = resolve(backend, logits.device)
-    if ns is None:
-        return reference.per_sample(reference.bernoulli_nll(logits, target))
-    return ns.bernoulli_nll(logits, target.to(logits.dtype), ROWS, 1.0)
+    return _bernoulli_nll(logits, target, PER_SAMPLE, backend)
 
 
 def gaussian_nll_per_sample(mean, logvar, target, *, backend=None):
     """gaussian_nll summed over all dims but the first, in the kernel: shape (batch,)."""
-    check.pair("mean", mean, "target", target)
-    check.prior("logvar", logvar, "mean", mean)
-    check.at_least_1d("mean", mean)
-    ns = resolve(backend, mean.device)
-    if ns is None:
-        return reference.per_sample(reference.gaussian_nll(mean, logvar, target))
-    return ns.gaussian_nll(mean, logvar.to(mean.dtype).expand(mean.shape), target.to(mean.dtype), ROWS, 1.0)
+    return _gaussian_nll(mean, logvar, target, PER_SAMPLE, backend)
 
 
 def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduction="batchmean",
