@@ -1,27 +1,54 @@
-"""Compile every Triton kernel launch the ops make, for real GPU targets, on a machine without a GPU.
+"""Compile every Triton kernel launch the ops make, for real GPU targets, on a machine without a GPU,
+exactly as a real launch would be compiled, and check the machine code.
 
 The interpreter (TRITON_INTERPRET=1) runs the kernels in NumPy and accepts code that the Triton
-compiler rejects, so this records the launches of each op (kernel, argument types, constexprs) with
-wrap_triton swapped for a recorder, and compiles each distinct one with triton.compile for sm_80 and
-sm_90 (PTX, through ptxas). Run without TRITON_INTERPRET; exit status 1 if any launch fails.
+compiler rejects, so this records the launches of each op (kernel, arguments, constexprs) with
+wrap_triton swapped for a recorder, and compiles each distinct one for sm_80 and sm_90 through the
+kernel's own JIT binder (`create_function_from_signature` + `JITFunction._pack_args`, the code
+`JITFunction.run` uses; present in triton 3.6 and 3.8): the same signature, constexprs and
+specialisation attributes (`tt.divisibility` 16 for 16-byte aligned pointers and ints divisible by
+16, ints equal to 1 as constexprs) as a launch with these arguments on a GPU.
+
+Checks on the sm_90 code (each prints `FAIL <check> ...`):
+- compile: every launch compiles for sm_80 and sm_90;
+- f64: float64 kernels compute in float64: no float32 parameter, no float64 -> float32 conversion,
+  and outside the sampling kernels (whose eps is float32 by the RNG contract, then widened) no
+  float32 arithmetic or conversion at all, except the float32 compares/abs that libdevice's float64
+  exp applies to the high word of its argument (its range check);
+- vector: float32 launches whose row length is divisible by 16 load their inputs with 16-byte
+  vector loads (PTX ld.global.v4, SASS LDG.E.128);
+- loop: no fence, membar, CCTL or atomic inside a loop (SASS), so a tile costs no GPU-wide fence;
+- local: no local memory (PTX ld/st.local, SASS LDL/STL);
+- rng: the Box-Muller of the RNG contract (math.box_muller) compiles to exactly the float32
+  instructions it spells out (no contraction, no slow path, no call);
+- respecialise: launches that differ only in `scale` share one compiled kernel.
+Run without TRITON_INTERPRET; exit status 1 if any check fails. `--dump DIR` writes the PTX/SASS.
 """
+import collections
 import os
+import re
+import struct
+import subprocess
 import sys
+import tempfile
 
 assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET"
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from vae_fast._ops import philox_state  # noqa: E402
 from vae_fast._schemas import NONE, ROWS, SUM  # noqa: E402
+from vae_fast.triton import math as vm  # noqa: E402
 from vae_fast.triton import ops  # noqa: E402
 
-TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
-         torch.int64: "*i64"}
-launches = {}
+ARCHS = (80, 90)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+launches = []  # (kernel, args, kwargs), one per call the ops made
 
 
 class Recorder:
@@ -29,22 +56,8 @@ class Recorder:
         self.kernel = kernel
 
     def __getitem__(self, grid):
-        def record(*args, num_warps=4, **constexprs):
-            names = self.kernel.arg_names
-            sig, consts = {}, dict(constexprs)
-            for name, value in zip(names, args):
-                if isinstance(value, torch.Tensor):
-                    sig[name] = TYPES[value.dtype]
-                elif isinstance(value, int) and value == 1:  # Triton specialises ints equal to 1
-                    sig[name], consts[name] = "constexpr", 1
-                elif isinstance(value, int):
-                    sig[name] = "i32" if abs(value) < 2 ** 31 else "i64"
-                else:
-                    sig[name] = "fp32"
-            for name in constexprs:
-                sig[name] = "constexpr"
-            key = (self.kernel.fn.__name__, tuple(sig.items()), tuple(sorted(consts.items())), num_warps)
-            launches[key] = (self.kernel, sig, consts, num_warps)
+        def record(*args, **kwargs):
+            launches.append((self.kernel, args, kwargs))
         return record
 
 
@@ -52,7 +65,8 @@ def exercise():
     """Call every op (forward and backward) over dtypes, reductions and tile shapes."""
     t = torch.ops.vae_fast_triton
     # fp16 takes bf16's code path; the shapes give 2-D tiles with per-element eps (128x20), 4-aligned
-    # 1-D tiles (8x65536), and the ints equal to 1 that Triton specialises ((1,))
+    # 1-D tiles split over several programs (8x65536), and the ints equal to 1 that Triton
+    # specialises ((1,))
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         for shape in ((128, 20), (8, 65536), (1,)):
             a, b, c = (torch.rand(shape, dtype=dtype) for _ in range(3))
@@ -64,31 +78,245 @@ def exercise():
                 t.sample_and_kl_backward(torch.rand((S, *shape), dtype=dtype), torch.rand(shape[0], dtype=dtype),
                                          a, b, p, S)
             for red, grad in ((NONE, a), (SUM, torch.tensor(1.0, dtype=dtype)), (ROWS, a.reshape(-1)[:shape[0]])):
-                t.bernoulli_nll(a, b, red, 0.5)
-                t.bernoulli_nll_backward(grad, a, b, red, 0.5, True)
-                t.bernoulli_nll_backward(grad, a, b, red, 0.5, False)
-                t.gaussian_kl(a, b, None, None, red, 1.0)
-                t.gaussian_kl(a, b, c, c, red, 1.0)
-                t.gaussian_kl_backward(grad, a, b, None, None, red, 1.0)
-                t.gaussian_kl_backward(grad, a, b, c, None, red, 1.0)
-                t.gaussian_kl_backward(grad, a, b, c, c, red, 1.0)
-                t.gaussian_nll(a, b, c, red, 0.25)
-                t.gaussian_nll_backward(grad, a, b, c, red, 0.25)
+                for scale in (0.5, 1 / 3):  # the bits of 1/3 are not divisible by 16: no new variant
+                    t.bernoulli_nll(a, b, red, scale)
+                    t.bernoulli_nll_backward(grad, a, b, red, scale, True)
+                    t.bernoulli_nll_backward(grad, a, b, red, scale, False)
+                    t.gaussian_kl(a, b, None, None, red, scale)
+                    t.gaussian_kl(a, b, c, c, red, scale)
+                    t.gaussian_kl_backward(grad, a, b, None, None, red, scale)
+                    t.gaussian_kl_backward(grad, a, b, c, None, red, scale)
+                    t.gaussian_kl_backward(grad, a, b, c, c, red, scale)
+                    t.gaussian_nll(a, b, c, red, scale)
+                    t.gaussian_nll_backward(grad, a, b, c, red, scale)
+
+
+def specialise(kernel, args, kwargs, backend):
+    """(signature, constexprs, attrs, options) exactly as JITFunction.run derives them."""
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return signature, constexprs, attrs, options
+
+
+def sass_of(cubin: bytes) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", f.name], capture_output=True,
+                              text=True, check=True).stdout
+
+
+# ---------------------------------------------------------------- checks on one compiled launch
+
+F32_INSTR = re.compile(r"^\s*(?:@%p\d+\s+)?([a-z0-9.:_]*\.f32[a-z0-9.]*)\s", re.M)
+LIBDEVICE_EXP_F32 = re.compile(r"^(abs(\.ftz)?|setp\.[a-z]+(\.ftz)?)\.f32$")  # exp(double)'s range check
+
+
+def check_f64(name, ptx):
+    bad = []
+    if re.search(r"\.param \.f32", ptx):
+        bad.append("a float32 parameter")
+    if re.search(r"cvt(\.[a-z]+)*\.f32\.f64", ptx):
+        bad.append("a float64 -> float32 conversion")
+    if not name.startswith("sample"):
+        f32 = sorted({op for op in F32_INSTR.findall(ptx) if not LIBDEVICE_EXP_F32.match(op)})
+        if f32:
+            bad.append(f"float32 instructions {f32}")
+    return bad
+
+
+def check_vector(ptx, sass, n_inputs):
+    """At least one 16-byte load per input tensor (per thread: BLOCK / (4 * threads) of them)."""
+    v4 = len(re.findall(r"ld\.global(\.[a-z0-9:_]+)*\.v4\.(b32|f32)", ptx))
+    ldg128 = len(re.findall(r"LDG\.E\.128", sass))
+    if v4 < n_inputs or ldg128 < n_inputs:
+        return [f"{v4} ld.global.v4 / {ldg128} LDG.E.128 for {n_inputs} inputs"]
+    return []
+
+
+SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def loops_of(sass):
+    """(lines, [(start, end)]): the SASS and the address ranges of its backward branches (loops)."""
+    lines = [(int(a, 16), text) for a, text in SASS_LINE.findall(sass)]
+    loops = []
+    for addr, text in lines:
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)\s*$", text)
+        if target and int(target.group(1), 16) < addr:
+            loops.append((int(target.group(1), 16), addr))
+    return lines, loops
+
+
+def check_loops(sass):
+    lines, loops = loops_of(sass)
+    bad = set()
+    for start, end in loops:
+        for addr, text in lines:
+            if start <= addr <= end and re.search(r"\b(MEMBAR|CCTL|FENCE|ATOM|ATOMG|RED)\b", text):
+                bad.add(text.strip())
+    return [f"inside a loop: {sorted(bad)}"] if bad else []
+
+
+def check_local(ptx, sass):
+    bad = []
+    if re.search(r"\b(ld|st)\.local", ptx):
+        bad.append("PTX ld/st.local")
+    if re.search(r"\b(LDL|STL)\b", sass):
+        bad.append("SASS LDL/STL")
+    return bad
+
+
+# ---------------------------------------------------------------- the RNG's instruction sequence
+
+@triton.jit
+def box_muller_kernel(u_ptr, out_ptr, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    n1, n2 = vm.box_muller(tl.load(u_ptr + 2 * i), tl.load(u_ptr + 2 * i + 1))
+    tl.store(out_ptr + 2 * i, n1)
+    tl.store(out_ptr + 2 * i + 1, n2)
+
+
+def f32_hex(x: float) -> str:
+    return "0f" + struct.pack(">f", x).hex().upper()
+
+
+def _instr(op, *consts):
+    return (op, tuple(f32_hex(c) for c in consts))
+
+
+POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+        -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+# docs/rng.md step 4 for one pair: every float32 PTX instruction and its float32 immediates. Integer
+# ops and selects of bits (u1 = max(u1, 1e-7) becomes selp.b32) carry no .f32 and are not listed.
+RNG_COMMON = collections.Counter(
+    [_instr("setp.gt.f32", 1e-7),  # u1 > 1e-7
+     _instr("setp.lt.f32", 0.70710678118654752),  # small
+     _instr("mul.f32")]  # z = m * m
+    + [_instr("fma.rn.f32", POLY[0], POLY[1])]  # y = fma(c0, m, c1): both immediates
+    + [_instr("fma.rn.f32", c) for c in POLY[2:]]
+    + [_instr("mul.f32"), _instr("mul.f32"),  # y * m, y * z
+       _instr("cvt.rn.f32.s32"),  # ef
+       _instr("fma.rn.f32", -2.12194440e-4), _instr("fma.rn.f32", -0.5),
+       _instr("add.f32"),  # t = m + y
+       _instr("fma.rn.f32", 0.693359375),
+       _instr("mul.f32", -2.0),  # -2 * L
+       _instr("sqrt.approx.f32"),
+       _instr("mul.f32", 6.283185307179586),  # th
+       _instr("cos.approx.f32"), _instr("sin.approx.f32"),
+       _instr("mul.f32"), _instr("mul.f32")])  # r * c, r * s
+# m = small ? (m + m) - 1 : m - 1, as written, or as LLVM folds the select (same bits: -0 + m == m):
+# ((small ? m : -0.0) + m) - 1
+RNG_SELECT = (collections.Counter([_instr("add.f32"), _instr("add.f32", -1.0), _instr("add.f32", -1.0),
+                                   _instr("selp.f32")]),
+              collections.Counter([_instr("selp.f32", -0.0), _instr("add.f32"), _instr("add.f32", -1.0)]))
+
+
+def f32_instructions(ptx):
+    """(opcode, float32 immediates) of every float32 PTX instruction."""
+    out = []
+    for line in ptx.splitlines():
+        m = re.match(r"\s*(?:@!?%p\d+\s+)?([a-z][a-z0-9.]*)\s+(.*);", line)
+        if m and ".f32" in m.group(1):
+            out.append((m.group(1), tuple(re.findall(r"0f[0-9A-F]{8}", m.group(2)))))
+    return collections.Counter(out)
+
+
+def check_rng(arch):
+    """One pair through math.box_muller compiles to exactly the contract's float32 instructions:
+    nothing contracted into an extra fma, no ftz, no libdevice slow path, no call."""
+    target = GPUTarget("cuda", arch, 64 if arch >= 90 else 32)
+    ck = triton.compile(ASTSource(box_muller_kernel, {"u_ptr": "*fp32", "out_ptr": "*fp32", "BLOCK": "constexpr"},
+                                  {(2,): 128}), target=target, options={"num_warps": 4})
+    ptx = ck.asm["ptx"]
+    got = f32_instructions(ptx)
+    bad = []
+    if all(got != RNG_COMMON + select for select in RNG_SELECT):
+        extra, missing = got - (RNG_COMMON + RNG_SELECT[1]), (RNG_COMMON + RNG_SELECT[1]) - got
+        bad.append(f"extra {dict(extra)}, missing {dict(missing)}")
+    if re.search(r"\bcall\b|\.local", ptx):
+        bad.append("a call or local memory")
+    return bad, ptx
 
 
 def main() -> int:
+    dump = sys.argv[sys.argv.index("--dump") + 1] if "--dump" in sys.argv else None
+    if dump:
+        os.makedirs(dump, exist_ok=True)
     ops.wrap_triton = Recorder
     exercise()
-    failures = 0
-    for arch in (80, 90):
-        for (name, *_), (kernel, sig, consts, num_warps) in launches.items():
+    failures = collections.Counter()
+
+    def fail(check, what, detail):
+        failures[check] += 1
+        print(f"FAIL {check} {what}: {detail}", file=sys.stderr)
+
+    counts = collections.Counter()
+    for arch in ARCHS:
+        target = GPUTarget("cuda", arch, 64 if arch >= 90 else 32)
+        backend = make_backend(target)
+        seen = set()
+        by_scale = collections.defaultdict(set)  # the launch but for its scale -> compiled variants
+        for kernel, args, kwargs in launches:
+            signature, constexprs, attrs, options = specialise(kernel, args, kwargs, backend)
+            name = kernel.fn.__name__
+            key = (name, tuple(signature.items()), tuple(sorted(constexprs.items())),
+                   tuple(sorted((k, str(v)) for k, v in attrs.items())), options.num_warps)
+            if "scale_bits" in kernel.arg_names:
+                i = kernel.arg_names.index("scale_bits")
+                by_scale[(name, tuple((a.dtype, tuple(a.shape)) if isinstance(a, torch.Tensor) else a
+                                      for j, a in enumerate(args) if j != i),
+                          tuple(sorted(kwargs.items())))].add(key)
+            if key in seen:
+                continue
+            seen.add(key)
+            consts = {kernel.arg_names[p[0]]: v for p, v in constexprs.items()}
+            what = f"sm_{arch} {name} {consts}"
             try:
-                triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
-                               target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+                ck = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
+                                    options=options.__dict__)
             except Exception as exc:  # report all, then fail
-                failures += 1
-                print(f"FAIL sm_{arch} {name} {consts}: {str(exc)[-800:]}", file=sys.stderr)
-    print(f"compiled {len(launches)} distinct launches for sm_80 and sm_90: {failures} failed")
+                fail("compile", what, str(exc)[-800:])
+                continue
+            counts[arch] += 1
+            if arch != 90:
+                continue
+            ptx, sass = ck.asm["ptx"], sass_of(ck.asm["cubin"])
+            if dump:
+                base = os.path.join(dump, f"{len(seen):03d}_{name}")
+                open(base + ".ptx", "w").write(ptx)
+                open(base + ".sass", "w").write(sass)
+                open(base + ".txt", "w").write(f"{what}\n{signature}\n{attrs}\n")
+            checks = {"loop": check_loops(sass), "local": check_local(ptx, sass)}
+            if consts.get("F64"):
+                checks["f64"] = check_f64(name, ptx)
+            c_arg = kernel.arg_names.index("C")
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if (tensors[0].dtype == torch.float32 and isinstance(args[c_arg], int) and args[c_arg] % 16 == 0
+                    and consts["BLOCK_C"] * consts["BLOCK_R"] >= 4 * 32 * options.num_warps):
+                n_inputs = {"kl_fwd": 2, "kl_bwd": 3, "bce_fwd": 2, "bce_bwd": 3, "gnll_fwd": 3, "gnll_bwd": 4,
+                            "sample_fwd": 2, "sample_bwd": 2}[name]
+                checks["vector"] = check_vector(ptx, sass, n_inputs)
+                counts["vector"] += 1
+            for check, bad in checks.items():
+                for b in bad:
+                    fail(check, what, b)
+        for launch, keys in by_scale.items():
+            if len(keys) > 1:
+                fail("respecialise", f"sm_{arch} {launch[0]}", f"{len(keys)} compiled variants for different scales")
+    for arch in ARCHS:
+        try:
+            bad, ptx = check_rng(arch)
+        except Exception as exc:
+            bad, ptx = [f"does not compile: {str(exc)[-800:]}"], ""
+        if dump:
+            open(os.path.join(dump, f"box_muller_sm{arch}.ptx"), "w").write(ptx)
+        for b in bad:
+            fail("rng", f"sm_{arch} box_muller", b)
+    print(f"compiled {counts[80]} distinct launches for sm_80 and {counts[90]} for sm_90 "
+          f"({counts['vector']} checked for 16-byte loads): {sum(failures.values())} failed "
+          f"{dict(failures)}")
     return 1 if failures else 0
 
 

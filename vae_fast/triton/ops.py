@@ -5,18 +5,19 @@ triton_op also uses each function as the op's fake kernel, so they must stay sha
 from __future__ import annotations
 
 import functools
-import os
+import struct
+from dataclasses import dataclass
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
-from .._schemas import NONE, ROWS, SCHEMAS, SUM
+from .._schemas import NONE, ROWS, SCHEMAS
 from .. import _shapes
 from . import kernels as k
+from .math import INTERPRETED
 
 NAMESPACE = "vae_fast_triton"
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # elements per tile: 8 per thread at 8 warps on a GPU; the interpreter pays per tile, not per element
 MAX_TILE = 16384 if INTERPRETED else 2048
 INTERPRETER_PROGRAMS = 4  # few, so that the grid-stride loops run several tiles in tests
@@ -37,6 +38,10 @@ def op(name):
     return define
 
 
+MAX_PARTIALS = 1024  # partial sums of a split reduction: the last program adds <= ~2x this many
+FINAL_BLOCK = 1024  # partials the last program loads at once
+
+
 @functools.lru_cache(maxsize=None)
 def max_programs(device: torch.device) -> int:
     if device.type == "cuda":
@@ -48,30 +53,97 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def tile_shape(R: int, C: int):
     block_c = min(next_pow2(max(C, 1)), MAX_TILE)
     return min(next_pow2(max(R, 1)), MAX_TILE // block_c), block_c
 
 
-def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, scalar, **constexprs):
-    """Grid-stride launch of kernel(*tensors, R, C, scalar, n_tiles, **constexprs) over (R, C)."""
+@dataclass(frozen=True)
+class Plan:
+    """How a kernel walks an (R, C) matrix (kernels.py): tiles, units of tiles, launch constants.
+    A function of (R, C, reduce) only -- never of the device or grid -- so sums are reproducible."""
+    n_units: int
+    n_seg: int  # units per row band
+    tps: int  # tiles per unit
+    constexprs: dict  # SPLIT, BLOCK_R, BLOCK_C, SEG_BLOCK, ROW_BLOCK, num_warps
+
+
+@functools.lru_cache(maxsize=4096)
+def plan(R: int, C: int, reduce: bool) -> Plan:
+    """reduce: the kernel sums rows. A row longer than a tile (block_r == 1) is then cut into n_seg
+    runs of tps tiles (about MAX_PARTIALS runs in all), each giving one partial sum (SPLIT)."""
     block_r, block_c = tile_shape(R, C)
-    n_tiles = -(-R // block_r) * -(-C // block_c)
-    if n_tiles == 0 or (INTERPRETED and is_fake(like)):
+    n_rb, n_cb = cdiv(R, block_r), cdiv(C, block_c)
+    tps, n_seg = 1, n_cb
+    if reduce:
+        tps = max(1, min(n_cb, cdiv(R * n_cb, MAX_PARTIALS)))
+        n_seg = cdiv(n_cb, tps)
+    split = reduce and n_seg > 1
+    seg_block = next_pow2(n_seg) if split else 1
+    row_block = min(next_pow2(R), max(1, FINAL_BLOCK // seg_block)) if split else 1
+    return Plan(n_rb * n_seg, n_seg, tps, dict(
+        SPLIT=split, BLOCK_R=block_r, BLOCK_C=block_c, SEG_BLOCK=seg_block, ROW_BLOCK=row_block,
+        num_warps=8 if block_r * block_c >= 2048 else 4))
+
+
+_COUNTERS = {}  # (device, stream) -> int32 counter, 0 between launches (the last program resets it)
+
+
+def counter(like: torch.Tensor) -> torch.Tensor:
+    """The ticket counter of a split reduction. Launches on one stream run in order, so they share
+    one, zeroed once (on that stream) and reset by each launch's last program: no memset per call.
+    A launch captured in a CUDA graph (which may replay on any stream, next to other graphs) or
+    traced (fake tensors, torch.compile) gets a fresh zeroed one in its graph instead."""
+    device = like.device
+    if (is_fake(like) or torch.compiler.is_compiling()
+            or device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return torch.zeros(1, dtype=torch.int32, device=device)
+    key = (device, torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else None)
+    count = _COUNTERS.get(key)
+    if count is None:
+        count = _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)  # on this stream
+    return count
+
+
+_DOUBLE = struct.Struct("<d")
+_INT64 = struct.Struct("<q")
+
+
+def scale_bits(scale: float) -> int:
+    """`scale` as the int64 bits of a float64: Triton passes a float argument as float32, which
+    would cost float64 kernels their precision (kernels.py decodes it with math.scale_of)."""
+    return _INT64.unpack(_DOUBLE.pack(float(scale)))[0]
+
+
+def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction: int, out=None, **constexprs):
+    """Grid-stride launch of kernel(*tensors, ws, count, R, C, n_units, n_seg, tps, last, ...) over
+    (R, C). `out`: the reduced output of a forward reduction (its rows may be split over programs);
+    None for backward kernels, which only read the reduced gradient."""
+    p = plan(R, C, reduction != NONE and out is not None)
+    if p.n_units == 0:
+        if out is not None and reduction != NONE:
+            out.zero_()  # an empty sum
+        return
+    if INTERPRETED and is_fake(like):
         return  # wrap_triton hands interpreted kernels back raw: they can't run on fake tensors
-    grid = (min(n_tiles, max_programs(like.device)),)
-    wrap_triton(kernel)[grid](*tensors, R, C, scalar, n_tiles, F64=like.dtype == torch.float64,
-                              BLOCK_R=block_r, BLOCK_C=block_c,
-                              num_warps=8 if block_r * block_c >= 2048 else 4, **constexprs)
+    ws = count = tensors[0]  # stand-ins: a pointer is needed, never used without SPLIT
+    if p.constexprs["SPLIT"]:
+        ws = torch.empty(p.n_units, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32,
+                         device=like.device)
+        count = counter(like)
+    grid = (min(p.n_units, max_programs(like.device)),)
+    wrap_triton(kernel)[grid](*tensors, ws, count, R, C, p.n_units, p.n_seg, p.tps, last,
+                              REDUCE=reduction != NONE, F64=like.dtype == torch.float64,
+                              **p.constexprs, **constexprs)
 
 
-def accumulator(x: torch.Tensor, reduction: int) -> torch.Tensor:
-    """Where the kernel writes: the output itself (NONE) or a zeroed fp32/fp64 buffer for atomics."""
-    shape = _shapes.reduced(x, reduction)
-    if reduction == NONE:
-        return torch.empty(shape, dtype=x.dtype, device=x.device)
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.zeros(shape, dtype=acc_dtype, device=x.device)
+def reduced_out(x: torch.Tensor, reduction: int) -> torch.Tensor:
+    """The forward output: elementwise, or the (scaled) sum / row sums the kernel writes once."""
+    return torch.empty(_shapes.reduced(x, reduction), dtype=x.dtype, device=x.device)
 
 
 def rows_cols(x: torch.Tensor, reduction: int):
@@ -82,8 +154,8 @@ def rows_cols(x: torch.Tensor, reduction: int):
     return 1, x.numel()
 
 
-def fast_rng(R: int, C: int, S: int) -> bool:
-    """Can a tile's eps come from whole randn4x groups? (contiguous, 4-aligned tiles)"""
+def fast_rng(R: int, C: int) -> bool:
+    """Can a tile's eps come from whole Philox groups? (contiguous, 4-aligned tiles)"""
     block_r, block_c = tile_shape(R, C)
     return C % 4 == 0 and block_c >= 4 and (block_r == 1 or block_c == C)
 
@@ -95,11 +167,11 @@ def gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction: int, scale: float
     mu, logvar = mu.contiguous(), logvar.contiguous()
     pmu = mu if prior_mu is None else prior_mu.contiguous()
     plv = mu if prior_logvar is None else prior_logvar.contiguous()
-    out = accumulator(mu, reduction)
+    out = reduced_out(mu, reduction)
     R, C = rows_cols(mu, reduction)
-    launch(k.kl_fwd, mu, R, C, (mu, logvar, pmu, plv, out), scale,
-           HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None, REDUCTION=reduction)
-    return out.to(mu.dtype)
+    launch(k.kl_fwd, mu, R, C, (mu, logvar, pmu, plv, out), scale_bits(scale), reduction, out,
+           HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None)
+    return out
 
 
 @op("gaussian_kl_backward")
@@ -111,18 +183,18 @@ def gaussian_kl_backward(grad, mu, logvar, prior_mu, prior_logvar, reduction: in
     gplv = torch.empty_like(mu) if prior_logvar is not None else mu.new_empty(0)
     R, C = rows_cols(mu, reduction)
     # an absent output gets a real buffer as its (never written) pointer: Triton rejects a null one
-    launch(k.kl_bwd, mu, R, C, (grad, mu, logvar, pmu, plv, gmu, glv, gplv if gplv.numel() else gmu), scale,
-           HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None, REDUCTION=reduction)
+    launch(k.kl_bwd, mu, R, C, (grad, mu, logvar, pmu, plv, gmu, glv, gplv if gplv.numel() else gmu),
+           scale_bits(scale), reduction, HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None)
     return gmu, glv, gplv
 
 
 @op("bernoulli_nll")
 def bernoulli_nll(logits, target, reduction: int, scale: float):
     logits, target = logits.contiguous(), target.contiguous()
-    out = accumulator(logits, reduction)
+    out = reduced_out(logits, reduction)
     R, C = rows_cols(logits, reduction)
-    launch(k.bce_fwd, logits, R, C, (logits, target, out), scale, REDUCTION=reduction)
-    return out.to(logits.dtype)
+    launch(k.bce_fwd, logits, R, C, (logits, target, out), scale_bits(scale), reduction, out)
+    return out
 
 
 @op("bernoulli_nll_backward")
@@ -131,18 +203,18 @@ def bernoulli_nll_backward(grad, logits, target, reduction: int, scale: float, t
     glogits = torch.empty_like(logits)
     gtarget = torch.empty_like(target) if target_grad else logits.new_empty(0)
     R, C = rows_cols(logits, reduction)
-    launch(k.bce_bwd, logits, R, C, (grad, logits, target, glogits, gtarget if target_grad else glogits), scale,
-           TARGET_GRAD=target_grad, REDUCTION=reduction)
+    launch(k.bce_bwd, logits, R, C, (grad, logits, target, glogits, gtarget if target_grad else glogits),
+           scale_bits(scale), reduction, TARGET_GRAD=target_grad)
     return glogits, gtarget
 
 
 @op("gaussian_nll")
 def gaussian_nll(mean, logvar, target, reduction: int, scale: float):
     mean, logvar, target = mean.contiguous(), logvar.contiguous(), target.contiguous()
-    out = accumulator(mean, reduction)
+    out = reduced_out(mean, reduction)
     R, C = rows_cols(mean, reduction)
-    launch(k.gnll_fwd, mean, R, C, (mean, logvar, target, out), scale, REDUCTION=reduction)
-    return out.to(mean.dtype)
+    launch(k.gnll_fwd, mean, R, C, (mean, logvar, target, out), scale_bits(scale), reduction, out)
+    return out
 
 
 @op("gaussian_nll_backward")
@@ -150,8 +222,7 @@ def gaussian_nll_backward(grad, mean, logvar, target, reduction: int, scale: flo
     grad, mean, logvar, target = grad.contiguous(), mean.contiguous(), logvar.contiguous(), target.contiguous()
     gmean, glv = torch.empty_like(mean), torch.empty_like(logvar)
     R, C = rows_cols(mean, reduction)
-    launch(k.gnll_bwd, mean, R, C, (grad, mean, logvar, target, gmean, glv), scale,
-           REDUCTION=reduction)
+    launch(k.gnll_bwd, mean, R, C, (grad, mean, logvar, target, gmean, glv), scale_bits(scale), reduction)
     return gmean, glv
 
 
@@ -160,11 +231,12 @@ def gaussian_nll_backward(grad, mean, logvar, target, reduction: int, scale: flo
 def sample(mu, logvar, philox, num_samples: int, with_kl: bool):
     mu, logvar = mu.contiguous(), logvar.contiguous()
     z = torch.empty((num_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
-    kl = accumulator(mu, ROWS) if with_kl else z
-    R, C = rows_cols(mu, ROWS if with_kl else SUM)  # rows only matter for the KL
-    launch(k.sample_fwd, mu, R, C, (mu, logvar, philox, z, kl), num_samples,
-           WITH_KL=with_kl, FAST_RNG=fast_rng(R, C, num_samples))
-    return z, kl.to(mu.dtype)
+    kl = reduced_out(mu, ROWS) if with_kl else z
+    reduction = ROWS if with_kl else NONE
+    R, C = rows_cols(mu, reduction)  # rows only matter for the KL
+    launch(k.sample_fwd, mu, R, C, (mu, logvar, philox, z, kl), num_samples, reduction, kl,
+           FAST_RNG=fast_rng(R, C))
+    return z, kl
 
 
 def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int):
@@ -172,10 +244,11 @@ def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int):
     with_kl = grad_kl is not None
     glv = torch.empty_like(logvar)
     gmu = torch.empty_like(logvar) if with_kl else glv
-    R, C = rows_cols(logvar, ROWS if with_kl else SUM)
+    reduction = ROWS if with_kl else NONE
+    R, C = rows_cols(logvar, reduction)
     launch(k.sample_bwd, logvar, R, C, (grad_z, grad_kl.contiguous() if with_kl else glv,
-           mu.contiguous() if with_kl else glv, logvar, philox, gmu, glv), num_samples,
-           WITH_KL=with_kl, FAST_RNG=fast_rng(R, C, num_samples))
+           mu.contiguous() if with_kl else glv, logvar, philox, gmu, glv), num_samples, reduction,
+           FAST_RNG=fast_rng(R, C))
     return gmu, glv
 
 
