@@ -111,9 +111,10 @@ CONSTANTS = ["1e-7", "0.70710678118654752", "7.0376836292e-2", "-1.1514610310e-1
              "3.3333331174e-1", "-2.12194440e-4", "0.693359375", "6.283185307179586", "4.6566127342e-10"]
 
 
-def nearest_f32(decimal: str) -> float:
-    """The float32 nearest to a decimal (ties to even), as a C compiler reads `<decimal>f`."""
-    exact = fractions.Fraction(decimal)
+def nearest_f32(value) -> float:
+    """The float32 nearest to a decimal string or Fraction (ties to even), as a C compiler reads
+    `<decimal>f`."""
+    exact = fractions.Fraction(value)
     x = np.float32(float(exact))
     candidates = [np.nextafter(x, np.float32(-np.inf)), x, np.nextafter(x, np.float32(np.inf))]
     best = min(candidates, key=lambda c: (abs(fractions.Fraction(float(c)) - exact),
@@ -130,17 +131,37 @@ def test_contract_constants_round_like_c_float_literals(decimal):
 
 def fma32(a, b, c):
     """float32 fma, correctly rounded: a*b is exact in float64; TwoSum gives the float64 sum's error,
-    which only matters when that sum sits exactly on a float32 rounding tie."""
+    which only matters when that sum is exactly a float32 midpoint (then its sign decides)."""
     a, b, c = (np.asarray(v, np.float32).astype(np.float64) for v in (a, b, c))
     p = a * b
     s = p + c
     bb = s - p
     err = (p - (s - bb)) + (c - bb)
     r = s.astype(np.float32)
-    tie = (r.astype(np.float64) != s) & (np.abs(s - r.astype(np.float64))
-                                         == np.abs(np.spacing(r).astype(np.float64)) / 2)
-    nudge = np.where(err > 0, np.float32(np.inf), np.float32(-np.inf))
-    return np.where(tie & (err != 0), np.nextafter(r, nudge), r).astype(np.float32)
+    up = r.astype(np.float64) > s
+    lo = np.where(up, np.nextafter(r, np.float32(-np.inf)), r)
+    hi = np.where(up, r, np.nextafter(r, np.float32(np.inf)))
+    midpoint = (lo.astype(np.float64) + hi.astype(np.float64)) / 2 == s
+    return np.where(midpoint & (err != 0), np.where(err > 0, hi, lo), r).astype(np.float32)
+
+
+def test_fma32_twin_rounds_once():
+    """The test's float32 fma against exact rational arithmetic, near-ties included."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(4000).astype(np.float32) for _ in range(2))
+    c = -(a.astype(np.float64) * b).astype(np.float32)  # catastrophic cancellation
+    c[::2] = rng.standard_normal(2000).astype(np.float32)
+    # exact float64 ties: (1 + 2^-23)(1 - 2^-23) + (2^24 + 2) = 2^24 + 3 - 2^-46 rounds (float64) to
+    # the float32 midpoint 2^24 + 3; the fma rounds down to 2^24 + 2 where ties-to-even gives 2^24 + 4
+    u, d = np.float32(1 + 2.0 ** -23), np.float32(1 - 2.0 ** -23)
+    a = np.concatenate([a, [u, u, -u, u]]).astype(np.float32)
+    b = np.concatenate([b, [d, d, d, u]]).astype(np.float32)
+    c = np.concatenate([c, [2.0 ** 24 + 2, 2.0 ** 24, -(2.0 ** 24 + 2), -(2.0 ** 24)]]).astype(np.float32)
+    got = fma32(a, b, c)
+    assert got[-4] == np.float32(2.0 ** 24 + 2) and got[-2] == np.float32(-(2.0 ** 24 + 2))
+    for x, y, z, r in zip(a, b, c, got):
+        exact = fractions.Fraction(float(x)) * fractions.Fraction(float(y)) + fractions.Fraction(float(z))
+        assert float(r) == nearest_f32(exact)
 
 
 def vae_log_twin(x):
@@ -243,3 +264,29 @@ def test_eps_contiguous_and_eps_at_agree(tri):
     assert torch.equal(fast[:4095], slow)
     expected = rng_numpy.eps(0x123456789ABCDEF, (1 << 33) + 5, 4096)
     np.testing.assert_allclose(fast.cpu().numpy(), expected, rtol=2 ** -14, atol=2 ** -14)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
+def test_split_reductions_and_sampling_under_cuda_graph_capture(tri):
+    """A captured split reduction gets its own zeroed counter: replays and the eager calls around
+    them stay exact; each replay draws fresh eps."""
+    ops, device = tri
+    x = torch.randn(4, 3 * ops.MAX_TILE + 5, device=device)
+    t = torch.rand_like(x)
+    mu, lv = torch.randn(8, 3 * ops.MAX_TILE, device=device), torch.zeros(8, 3 * ops.MAX_TILE, device=device)
+    eager = vae_fast.bernoulli_nll(x, t, reduction="sum", backend="triton")  # warm-up: compiles
+    kl0 = vae_fast.sample_and_kl(mu, lv, backend="triton")[1]
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = vae_fast.bernoulli_nll(x, t, reduction="sum", backend="triton")
+        z, kl = vae_fast.sample_and_kl(mu, lv, backend="triton")
+    samples = []
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager) and torch.equal(kl, kl0)
+        samples.append(z.clone())
+        assert torch.equal(vae_fast.bernoulli_nll(x, t, reduction="sum", backend="triton"), eager)
+    assert not torch.equal(samples[0], samples[1])
+    assert all(int(c.item()) == 0 for c in ops._COUNTERS.values())

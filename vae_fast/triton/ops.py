@@ -123,13 +123,15 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction:
     """Grid-stride launch of kernel(*tensors, ws, count, R, C, n_units, n_seg, tps, last, ...) over
     (R, C). `out`: the reduced output of a forward reduction (its rows may be split over programs);
     None for backward kernels, which only read the reduced gradient."""
-    p = plan(R, C, reduction != NONE and out is not None)
-    if p.n_units == 0:
-        if out is not None and reduction != NONE:
-            out.zero_()  # an empty sum
-        return
     if INTERPRETED and is_fake(like):
         return  # wrap_triton hands interpreted kernels back raw: they can't run on fake tensors
+    units_reduce = reduction != NONE and out is not None
+    # traced with dynamic shapes, R and C are SymInts: unhashable, so no cache
+    p = plan(R, C, units_reduce) if type(R) is int and type(C) is int else plan.__wrapped__(R, C, units_reduce)
+    if p.n_units == 0:
+        if units_reduce:
+            out.zero_()  # an empty sum
+        return
     ws = count = tensors[0]  # stand-ins: a pointer is needed, never used without SPLIT
     if p.constexprs["SPLIT"]:
         ws = torch.empty(p.n_units, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32,
