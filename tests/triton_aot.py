@@ -126,13 +126,23 @@ def check_f64(name, ptx):
     return bad
 
 
-def check_vector(ptx, sass, n_inputs):
-    """At least one 16-byte load per input tensor (per thread: BLOCK / (4 * threads) of them)."""
+def check_vector(ptx, sass, n_inputs, per_thread):
+    """Every input tensor is read with 16-byte loads: per_thread / 4 of them per input."""
+    need = n_inputs * max(1, per_thread // 4)
     v4 = len(re.findall(r"ld\.global(\.[a-z0-9:_]+)*\.v4\.(b32|f32)", ptx))
     ldg128 = len(re.findall(r"LDG\.E\.128", sass))
-    if v4 < n_inputs or ldg128 < n_inputs:
-        return [f"{v4} ld.global.v4 / {ldg128} LDG.E.128 for {n_inputs} inputs"]
+    if v4 < need or ldg128 < need:
+        return [f"{v4} ld.global.v4 / {ldg128} LDG.E.128, {need} needed ({n_inputs} inputs)"]
     return []
+
+
+def elementwise_inputs(name, consts):
+    """How many tensors a launch reads element by element (a reduced gradient is read per row)."""
+    grad = 0 if consts.get("REDUCE") else 1
+    priors = int(bool(consts.get("HAS_PMU"))) + int(bool(consts.get("HAS_PLV")))
+    return {"kl_fwd": 2 + priors, "kl_bwd": grad + 2 + priors, "bce_fwd": 2, "bce_bwd": grad + 2,
+            "gnll_fwd": 3, "gnll_bwd": grad + 3, "sample_fwd": 2,
+            "sample_bwd": 2 + int(bool(consts.get("REDUCE")))}[name]
 
 
 SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
@@ -295,9 +305,9 @@ def main() -> int:
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             if (tensors[0].dtype == torch.float32 and isinstance(args[c_arg], int) and args[c_arg] % 16 == 0
                     and consts["BLOCK_C"] * consts["BLOCK_R"] >= 4 * 32 * options.num_warps):
-                n_inputs = {"kl_fwd": 2, "kl_bwd": 3, "bce_fwd": 2, "bce_bwd": 3, "gnll_fwd": 3, "gnll_bwd": 4,
-                            "sample_fwd": 2, "sample_bwd": 2}[name]
-                checks["vector"] = check_vector(ptx, sass, n_inputs)
+                n_inputs = elementwise_inputs(name, consts)
+                per_thread = consts["BLOCK_C"] * consts["BLOCK_R"] // (32 * options.num_warps)
+                checks["vector"] = check_vector(ptx, sass, n_inputs, per_thread)
                 counts["vector"] += 1
             for check, bad in checks.items():
                 for b in bad:

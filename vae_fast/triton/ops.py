@@ -99,7 +99,7 @@ def counter(like: torch.Tensor) -> torch.Tensor:
     A launch captured in a CUDA graph (which may replay on any stream, next to other graphs) or
     traced (fake tensors, torch.compile) gets a fresh zeroed one in its graph instead."""
     device = like.device
-    if (is_fake(like) or torch.compiler.is_compiling()
+    if (type(like) is not torch.Tensor and is_fake(like) or torch.compiler.is_compiling()
             or device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return torch.zeros(1, dtype=torch.int32, device=device)
     key = (device, torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else None)
@@ -116,7 +116,12 @@ _INT64 = struct.Struct("<q")
 def scale_bits(scale: float) -> int:
     """`scale` as the int64 bits of a float64: Triton passes a float argument as float32, which
     would cost float64 kernels their precision (kernels.py decodes it with math.scale_of)."""
-    return _INT64.unpack(_DOUBLE.pack(float(scale)))[0]
+    return _float64_bits(float(scale))  # float(): a traced SymFloat becomes its value
+
+
+@functools.lru_cache(maxsize=1024)
+def _float64_bits(x: float) -> int:
+    return _INT64.unpack(_DOUBLE.pack(x))[0]
 
 
 def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction: int, out=None, **constexprs):
