@@ -201,8 +201,7 @@ POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.
 # docs/rng.md step 4 for one pair: every float32 PTX instruction and its float32 immediates. Integer
 # ops and selects of bits (u1 = max(u1, 1e-7) becomes selp.b32) carry no .f32 and are not listed.
 RNG_COMMON = collections.Counter(
-    [_instr("setp.gt.f32", 1e-7),  # u1 > 1e-7
-     _instr("setp.lt.f32", 0.70710678118654752),  # small
+    [_instr("setp.lt.f32", 0.70710678118654752),  # small
      _instr("mul.f32")]  # z = m * m
     + [_instr("fma.rn.f32", POLY[0], POLY[1])]  # y = fma(c0, m, c1): both immediates
     + [_instr("fma.rn.f32", c) for c in POLY[2:]]
@@ -216,11 +215,14 @@ RNG_COMMON = collections.Counter(
        _instr("mul.f32", 6.283185307179586),  # th
        _instr("cos.approx.f32"), _instr("sin.approx.f32"),
        _instr("mul.f32"), _instr("mul.f32")])  # r * c, r * s
-# m = small ? (m + m) - 1 : m - 1, as written, or as LLVM folds the select (same bits: -0 + m == m):
-# ((small ? m : -0.0) + m) - 1
+# Forms LLVM may give two selects, each exact (same bits for every input):
+# u1 = u1 > 1e-7 ? u1 : 1e-7 as a compare + selp.b32, or max.f32 (u1 is never NaN);
+# m = small ? (m + m) - 1 : m - 1 as written, or ((small ? m : -0.0) + m) - 1 (-0 + m == m).
+RNG_CLAMP = (collections.Counter([_instr("setp.gt.f32", 1e-7)]), collections.Counter([_instr("max.f32", 1e-7)]))
 RNG_SELECT = (collections.Counter([_instr("add.f32"), _instr("add.f32", -1.0), _instr("add.f32", -1.0),
                                    _instr("selp.f32")]),
               collections.Counter([_instr("selp.f32", -0.0), _instr("add.f32"), _instr("add.f32", -1.0)]))
+RNG_FORMS = [RNG_COMMON + clamp + select for clamp in RNG_CLAMP for select in RNG_SELECT]
 
 
 def f32_instructions(ptx):
@@ -242,8 +244,9 @@ def check_rng(arch):
     ptx = ck.asm["ptx"]
     got = f32_instructions(ptx)
     bad = []
-    if all(got != RNG_COMMON + select for select in RNG_SELECT):
-        extra, missing = got - (RNG_COMMON + RNG_SELECT[1]), (RNG_COMMON + RNG_SELECT[1]) - got
+    if got not in RNG_FORMS:
+        nearest = min(RNG_FORMS, key=lambda form: sum(((got - form) + (form - got)).values()))
+        extra, missing = got - nearest, nearest - got
         bad.append(f"extra {dict(extra)}, missing {dict(missing)}")
     if re.search(r"\bcall\b|\.local", ptx):
         bad.append("a call or local memory")

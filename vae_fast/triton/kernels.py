@@ -3,7 +3,7 @@
 Every kernel sees its input as an (R, C) row-major matrix (R = 1 unless the reduction is per row; a
 SUM is the one row of R = 1) cut into [BLOCK_R, BLOCK_C] tiles, and walks *units* of tiles with a
 grid-stride loop: unit u is tiles (rb, cb) of row band rb = u // n_seg for cb in
-[(u % n_seg) * tps, min(... + tps, n_cb)). The tiling and the units depend on (R, C) only
+[seg * tps, min(seg * tps + tps, n_cb)), seg = u % n_seg. The tiling and the units depend on (R, C) only
 (ops.plan), never on the grid, so every reduction is bitwise reproducible for any number of programs:
 - REDUCE=False: elementwise; a unit is one tile.
 - REDUCE=True, SPLIT=False: a unit holds whole rows and writes scale * their sums.
@@ -20,12 +20,19 @@ from . import math as m
 
 
 @triton.jit
-def unit_tiles(u, C, n_seg, tps, BLOCK_C: tl.constexpr):
-    """Unit u -> (row band, first column block, end column block)."""
-    n_cb = tl.cdiv(C, BLOCK_C)
-    rb = u // n_seg
-    cb0 = (u % n_seg) * tps
-    return rb, cb0, tl.minimum(cb0 + tps, n_cb)
+def first_unit(n_seg):
+    """(row band, segment) of this program's first unit, and the step to its next one: the
+    grid-stride loop advances them without an integer division per unit."""
+    pid = tl.program_id(0)
+    step = tl.num_programs(0)
+    return pid // n_seg, pid % n_seg, step // n_seg, step % n_seg
+
+
+@triton.jit
+def next_unit(rb, seg, step_rb, step_seg, n_seg):
+    seg += step_seg
+    wrap = seg >= n_seg
+    return rb + step_rb + wrap.to(tl.int32), tl.where(wrap, seg - n_seg, seg)
 
 
 @triton.jit
@@ -116,8 +123,11 @@ def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, ws_ptr, count_ptr, R, C, n
            SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
+    rb, seg, step_rb, step_seg = first_unit(n_seg)
+    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        rb, cb0, cb1 = unit_tiles(u, C, n_seg, tps, BLOCK_C)
+        cb0 = seg * tps
+        cb1 = tl.minimum(cb0 + tps, n_cb)
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for cb in range(cb0, cb1):
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
@@ -131,6 +141,7 @@ def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, ws_ptr, count_ptr, R, C, n
                 val = m.kl_std(mu, lv)
             acc = put(out_ptr, val, acc, offs, mask, REDUCE)
         end_unit(out_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, scale, REDUCE, SPLIT)
+        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
     finish(out_ptr, ws_ptr, count_ptr, R, n_seg, scale, SPLIT, SEG_BLOCK, ROW_BLOCK)
 
 
@@ -142,8 +153,11 @@ def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_pt
            SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
+    rb, seg, step_rb, step_seg = first_unit(n_seg)
+    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        rb, cb0, cb1 = unit_tiles(u, C, n_seg, tps, BLOCK_C)
+        cb0 = seg * tps
+        cb1 = tl.minimum(cb0 + tps, n_cb)
         for cb in range(cb0, cb1):
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
@@ -156,7 +170,7 @@ def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_pt
             tl.store(glv_ptr + offs, glv, mask=mask)
             if HAS_PLV:
                 tl.store(gplv_ptr + offs, gplv, mask=mask)
-
+        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
 
 @triton.jit(do_not_specialize=["scale_bits"])
 def bce_fwd(x_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps, scale_bits,
@@ -164,14 +178,18 @@ def bce_fwd(x_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps,
             BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
+    rb, seg, step_rb, step_seg = first_unit(n_seg)
+    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        rb, cb0, cb1 = unit_tiles(u, C, n_seg, tps, BLOCK_C)
+        cb0 = seg * tps
+        cb1 = tl.minimum(cb0 + tps, n_cb)
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for cb in range(cb0, cb1):
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             val = m.bce(load(x_ptr, offs, mask, ACC), load(t_ptr, offs, mask, ACC))
             acc = put(out_ptr, val, acc, offs, mask, REDUCE)
         end_unit(out_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, scale, REDUCE, SPLIT)
+        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
     finish(out_ptr, ws_ptr, count_ptr, R, n_seg, scale, SPLIT, SEG_BLOCK, ROW_BLOCK)
 
 
@@ -181,8 +199,11 @@ def bce_bwd(grad_ptr, x_ptr, t_ptr, gx_ptr, gt_ptr, ws_ptr, count_ptr, R, C, n_u
             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
+    rb, seg, step_rb, step_seg = first_unit(n_seg)
+    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        rb, cb0, cb1 = unit_tiles(u, C, n_seg, tps, BLOCK_C)
+        cb0 = seg * tps
+        cb1 = tl.minimum(cb0 + tps, n_cb)
         for cb in range(cb0, cb1):
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
@@ -190,7 +211,7 @@ def bce_bwd(grad_ptr, x_ptr, t_ptr, gx_ptr, gt_ptr, ws_ptr, count_ptr, R, C, n_u
             tl.store(gx_ptr + offs, g * (m.sigmoid(x) - load(t_ptr, offs, mask, ACC)), mask=mask)
             if TARGET_GRAD:
                 tl.store(gt_ptr + offs, -g * x, mask=mask)
-
+        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
 
 @triton.jit(do_not_specialize=["scale_bits"])
 def gnll_fwd(mean_ptr, lv_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps, scale_bits,
@@ -198,8 +219,11 @@ def gnll_fwd(mean_ptr, lv_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units,
              BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
+    rb, seg, step_rb, step_seg = first_unit(n_seg)
+    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        rb, cb0, cb1 = unit_tiles(u, C, n_seg, tps, BLOCK_C)
+        cb0 = seg * tps
+        cb1 = tl.minimum(cb0 + tps, n_cb)
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for cb in range(cb0, cb1):
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
@@ -207,6 +231,7 @@ def gnll_fwd(mean_ptr, lv_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units,
                               load(t_ptr, offs, mask, ACC))
             acc = put(out_ptr, val, acc, offs, mask, REDUCE)
         end_unit(out_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, scale, REDUCE, SPLIT)
+        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
     finish(out_ptr, ws_ptr, count_ptr, R, n_seg, scale, SPLIT, SEG_BLOCK, ROW_BLOCK)
 
 
@@ -217,8 +242,11 @@ def gnll_bwd(grad_ptr, mean_ptr, lv_ptr, t_ptr, gmean_ptr, glv_ptr, ws_ptr, coun
              BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
+    rb, seg, step_rb, step_seg = first_unit(n_seg)
+    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        rb, cb0, cb1 = unit_tiles(u, C, n_seg, tps, BLOCK_C)
+        cb0 = seg * tps
+        cb1 = tl.minimum(cb0 + tps, n_cb)
         for cb in range(cb0, cb1):
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
@@ -226,7 +254,7 @@ def gnll_bwd(grad_ptr, mean_ptr, lv_ptr, t_ptr, gmean_ptr, glv_ptr, ws_ptr, coun
                                            load(t_ptr, offs, mask, ACC), g)
             tl.store(gmean_ptr + offs, gmean, mask=mask)
             tl.store(glv_ptr + offs, glv, mask=mask)
-
+        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
 
 # ---------------------------------------------------------------- sampling
 
@@ -250,8 +278,11 @@ def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, ws_ptr, count_ptr, R, 
     seed = tl.load(philox_ptr)
     offset = tl.load(philox_ptr + 1)
     N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
+    rb, seg, step_rb, step_seg = first_unit(n_seg)
+    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        rb, cb0, cb1 = unit_tiles(u, C, n_seg, tps, BLOCK_C)
+        cb0 = seg * tps
+        cb1 = tl.minimum(cb0 + tps, n_cb)
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for cb in range(cb0, cb1):
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
@@ -264,6 +295,7 @@ def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, ws_ptr, count_ptr, R, 
             if REDUCE:
                 acc += tl.where(mask, m.kl_std(mu, lv), 0.0)
         end_unit(kl_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, 1.0, REDUCE, SPLIT)
+        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
     finish(kl_ptr, ws_ptr, count_ptr, R, n_seg, 1.0, SPLIT, SEG_BLOCK, ROW_BLOCK)
 
 
@@ -277,8 +309,11 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, ws
     seed = tl.load(philox_ptr)
     offset = tl.load(philox_ptr + 1)
     N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
+    rb, seg, step_rb, step_seg = first_unit(n_seg)
+    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        rb, cb0, cb1 = unit_tiles(u, C, n_seg, tps, BLOCK_C)
+        cb0 = seg * tps
+        cb1 = tl.minimum(cb0 + tps, n_cb)
         for cb in range(cb0, cb1):
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             lv = load(lv_ptr, offs, mask, ACC)
@@ -297,3 +332,4 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, ws
                 tl.store(gmu_ptr + offs, sum_gz + gkl * mu, mask=mask)
                 glv += 0.5 * gkl * (tl.exp(lv) - 1.0)
             tl.store(glv_ptr + offs, glv, mask=mask)
+        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
