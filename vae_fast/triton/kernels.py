@@ -3,7 +3,7 @@
 Every kernel sees its input as an (R, C) row-major matrix (R = 1 unless the reduction is per row; a
 SUM is the one row of R = 1) cut into [BLOCK_R, BLOCK_C] tiles, and walks *units* of tiles with a
 grid-stride loop: unit u is tiles (rb, cb) of row band rb = u // n_seg for cb in
-[seg * tps, min(seg * tps + tps, n_cb)), seg = u % n_seg. The tiling and the units depend on (R, C) only
+[seg * tps, seg * tps + tps), seg = u % n_seg (a row's last unit may reach past its end: masked). The tiling and the units depend on (R, C) only
 (ops.plan), never on the grid, so every reduction is bitwise reproducible for any number of programs:
 - REDUCE=False: elementwise; a unit is one tile.
 - REDUCE=True, SPLIT=False: a unit holds whole rows and writes scale * their sums.
@@ -124,12 +124,10 @@ def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, ws_ptr, count_ptr, R, C, n
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
-    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        cb0 = seg * tps
-        cb1 = tl.minimum(cb0 + tps, n_cb)
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
-        for cb in range(cb0, cb1):
+        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
+            cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             mu = load(mu_ptr, offs, mask, ACC)
             lv = load(lv_ptr, offs, mask, ACC)
@@ -154,11 +152,9 @@ def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_pt
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
-    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        cb0 = seg * tps
-        cb1 = tl.minimum(cb0 + tps, n_cb)
-        for cb in range(cb0, cb1):
+        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
+            cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
             mu = load(mu_ptr, offs, mask, ACC)
@@ -179,12 +175,10 @@ def bce_fwd(x_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps,
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
-    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        cb0 = seg * tps
-        cb1 = tl.minimum(cb0 + tps, n_cb)
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
-        for cb in range(cb0, cb1):
+        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
+            cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             val = m.bce(load(x_ptr, offs, mask, ACC), load(t_ptr, offs, mask, ACC))
             acc = put(out_ptr, val, acc, offs, mask, REDUCE)
@@ -200,11 +194,9 @@ def bce_bwd(grad_ptr, x_ptr, t_ptr, gx_ptr, gt_ptr, ws_ptr, count_ptr, R, C, n_u
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
-    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        cb0 = seg * tps
-        cb1 = tl.minimum(cb0 + tps, n_cb)
-        for cb in range(cb0, cb1):
+        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
+            cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
             x = load(x_ptr, offs, mask, ACC)
@@ -220,12 +212,10 @@ def gnll_fwd(mean_ptr, lv_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units,
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
-    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        cb0 = seg * tps
-        cb1 = tl.minimum(cb0 + tps, n_cb)
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
-        for cb in range(cb0, cb1):
+        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
+            cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             val = m.gauss_nll(load(mean_ptr, offs, mask, ACC), load(lv_ptr, offs, mask, ACC),
                               load(t_ptr, offs, mask, ACC))
@@ -243,11 +233,9 @@ def gnll_bwd(grad_ptr, mean_ptr, lv_ptr, t_ptr, gmean_ptr, glv_ptr, ws_ptr, coun
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
-    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        cb0 = seg * tps
-        cb1 = tl.minimum(cb0 + tps, n_cb)
-        for cb in range(cb0, cb1):
+        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
+            cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
             gmean, glv = m.gauss_nll_grads(load(mean_ptr, offs, mask, ACC), load(lv_ptr, offs, mask, ACC),
@@ -279,12 +267,10 @@ def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, ws_ptr, count_ptr, R, 
     offset = tl.load(philox_ptr + 1)
     N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
-    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        cb0 = seg * tps
-        cb1 = tl.minimum(cb0 + tps, n_cb)
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
-        for cb in range(cb0, cb1):
+        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
+            cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             mu = load(mu_ptr, offs, mask, ACC)
             lv = load(lv_ptr, offs, mask, ACC)
@@ -310,11 +296,9 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, ws
     offset = tl.load(philox_ptr + 1)
     N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
-    n_cb = tl.cdiv(C, BLOCK_C)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        cb0 = seg * tps
-        cb1 = tl.minimum(cb0 + tps, n_cb)
-        for cb in range(cb0, cb1):
+        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
+            cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             lv = load(lv_ptr, offs, mask, ACC)
             std = tl.exp(0.5 * lv)
