@@ -54,3 +54,28 @@ def test_sample_and_kl_and_negative_elbo_issue_only_fused_ops(backend):
     ns = "vae_fast_triton" if backend == "triton" else "vae_fast"
     assert f"{ns}::sample_and_kl" in names and f"{ns}::sample_and_kl_backward" in names
     assert sum(n == "aten::randint.low" or n.startswith("aten::randint") for n in names) == 1, names
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_kernel_launches_per_fused_call(backend):
+    """On a GPU, forward + backward of sample_and_kl is at most 3 kernel launches in all (the Philox
+    state draw, the fused forward, the fused backward): no memset, no copy (issue 8)."""
+    dev = need(backend)
+    if dev.type != "cuda":
+        pytest.skip("counts CUDA kernel launches: needs a GPU")
+    mu = torch.randn(64, 300, device=dev, requires_grad=True)
+    lv = torch.randn(64, 300, device=dev, requires_grad=True)
+    gz, gkl = torch.randn(64, 300, device=dev), torch.randn(64, device=dev)
+
+    def step():
+        z, kl = vae_fast.sample_and_kl(mu, lv, backend=backend)
+        torch.autograd.backward((z, kl), (gz, gkl))
+
+    step()  # compile / warm up
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) <= 3, kernels
+    assert not any("memset" in k.lower() or "copy" in k.lower() for k in kernels), kernels
