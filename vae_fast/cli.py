@@ -44,7 +44,7 @@ def positive_float(text: str) -> float:
 # ------------------------------------------------------------------------------ train
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from .models import DECODERS
-    from .train import DEVICES, TrainConfig
+    from .train import COMPILE_MODES, DEVICES, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -76,6 +76,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "vae_fast.models.FusedOps")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads per process (default: the cores / processes)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
+                   help="torch.compile the training step's model (forward and backward) with this mode; "
+                        "reduce-overhead replays it as CUDA graphs on a GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=run_train, parser=p)
     return p
@@ -89,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
                          hidden=args.hidden, lr=args.lr, seed=args.seed, device=args.device,
                          out=args.out, decoder=args.decoder, data_dir=args.data_dir,
                          iw_samples=args.iw_samples, backend=args.backend, threads=args.threads,
-                         quiet=args.quiet)
+                         quiet=args.quiet, compile=args.compile)
     try:
         train(config)
     except (ConfigError, DataError) as e:

@@ -59,7 +59,8 @@ def _one_sample(z: torch.Tensor, num_samples) -> torch.Tensor:
 
 def _reference_eps(mu, num_samples, generator):
     shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
-    return torch.randn(shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    gen = {} if generator is None else {"generator": generator}  # see models.ReferenceOps.reparameterize
+    return torch.randn(shape, dtype=mu.dtype, device=mu.device, **gen)
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, *, num_samples: int | None = None,
