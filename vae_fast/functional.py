@@ -44,10 +44,12 @@ def _generator(generator, device: torch.device):
 def _promote(*tensors):
     """Mixed floating dtypes follow torch's type promotion on every backend: the fused ops compute in
     torch.result_type of their inputs (absent priors are None and do not count)."""
-    present = [t for t in tensors if t is not None]
-    dtype = present[0].dtype
-    for t in present[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = tensors[0].dtype
+    if all(t is None or t.dtype == dtype for t in tensors):
+        return tensors  # the common case, kept cheap: this runs on every call
+    for t in tensors:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
     return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
