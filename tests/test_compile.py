@@ -8,10 +8,20 @@ from vae_fast.models import VAE, FusedOps
 from helpers import FUSED, need
 
 
+# Known library bug (reported; drop this marker with the fix, strict=True makes the fixed test fail
+# until then): vae_fast._backends.resolve memoises (backend, device type) into the module dict
+# `_resolved`. Traced by dynamo with that key absent, the lookup becomes the guard
+# `not ___dict_contains(key, _resolved)`, and the cache write (replayed after the graph) makes the
+# guard fail on the next call: one recompilation, on every device. It passed only when an earlier
+# eager call in the same process had filled the cache (test order), as the cold cache below shows.
+@pytest.mark.xfail(raises=torch._dynamo.exc.RecompileError, strict=True,
+                   reason="vae_fast._backends.resolve writes its cache while traced: one recompilation")
 @pytest.mark.parametrize("backend", FUSED)
-def test_vae_step_compiles_once_and_resamples(backend):
+def test_vae_step_compiles_once_and_resamples(backend, monkeypatch):
     device = need(backend)
     torch._dynamo.reset()
+    # the backend cache cold, as in a fresh process, whatever ran before in this one
+    monkeypatch.setattr(vae_fast._backends, "_resolved", {})
     torch.manual_seed(0)
     model = VAE(in_dim=64, hidden=32, latent=8, ops=FusedOps(backend)).to(device)
     x = torch.rand(16, 64, device=device)
