@@ -10,6 +10,7 @@ import unittest.mock
 
 import torch
 import torch._library.triton
+from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
@@ -73,12 +74,11 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, scalar, **conste
     block_r, block_c = tile_shape(R, C)
     n_tiles = -(-R // block_r) * -(-C // block_c)
     if n_tiles == 0 or (INTERPRETED and is_fake(like)):
-        return  # wrap_triton hands interpreted kernels back raw: they can't run on fake tensors
+        return  # interpreted kernels run as they are (no wrap_triton), and not on fake tensors
     grid = (min(n_tiles, max_programs(like.device)),)
-    # torch < 2.14's wrap_triton rejects interpreted kernels (later ones hand them back as they are)
-    (kernel if INTERPRETED else wrap_triton(kernel))[grid](*tensors, R, C, scalar, n_tiles, F64=like.dtype == torch.float64,
-                              BLOCK_R=block_r, BLOCK_C=block_c,
-                              num_warps=8 if block_r * block_c >= 2048 else 4, **constexprs)
+    run = kernel if INTERPRETED else wrap_triton(kernel)  # torch < 2.14's rejects interpreted kernels
+    run[grid](*tensors, R, C, scalar, n_tiles, F64=like.dtype == torch.float64,
+              BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8 if block_r * block_c >= 2048 else 4, **constexprs)
 
 
 def accumulator(x: torch.Tensor, reduction: int) -> torch.Tensor:
@@ -107,8 +107,8 @@ def fast_rng(R: int, C: int, S: int) -> bool:
 # ---------------------------------------------------------------- losses
 
 @op("gaussian_kl")
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None, prior_logvar: torch.Tensor | None, reduction: int,
-                scale: float) -> torch.Tensor:
+def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None, prior_logvar: Tensor | None,
+                reduction: int, scale: float) -> Tensor:
     mu, logvar = mu.contiguous(), logvar.contiguous()
     pmu = mu if prior_mu is None else prior_mu.contiguous()
     plv = mu if prior_logvar is None else prior_logvar.contiguous()
@@ -120,9 +120,9 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor |
 
 
 @op("gaussian_kl_backward")
-def gaussian_kl_backward(grad: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None,
-                         prior_logvar: torch.Tensor | None, reduction: int,
-                         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gaussian_kl_backward(grad: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Tensor | None,
+                         prior_logvar: Tensor | None, reduction: int,
+                         scale: float) -> tuple[Tensor, Tensor, Tensor]:
     grad, mu, logvar = grad.contiguous(), mu.contiguous(), logvar.contiguous()
     pmu = mu if prior_mu is None else prior_mu.contiguous()
     plv = mu if prior_logvar is None else prior_logvar.contiguous()
@@ -136,7 +136,7 @@ def gaussian_kl_backward(grad: torch.Tensor, mu: torch.Tensor, logvar: torch.Ten
 
 
 @op("bernoulli_nll")
-def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor, reduction: int, scale: float) -> torch.Tensor:
+def bernoulli_nll(logits: Tensor, target: Tensor, reduction: int, scale: float) -> Tensor:
     logits, target = logits.contiguous(), target.contiguous()
     out = accumulator(logits, reduction)
     R, C = rows_cols(logits, reduction)
@@ -145,8 +145,8 @@ def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor, reduction: int, sc
 
 
 @op("bernoulli_nll_backward")
-def bernoulli_nll_backward(grad: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, reduction: int, scale: float,
-                           target_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def bernoulli_nll_backward(grad: Tensor, logits: Tensor, target: Tensor, reduction: int, scale: float,
+                           target_grad: bool) -> tuple[Tensor, Tensor]:
     grad, logits, target = grad.contiguous(), logits.contiguous(), target.contiguous()
     glogits = torch.empty_like(logits)
     gtarget = torch.empty_like(target) if target_grad else logits.new_empty(0)
@@ -157,8 +157,7 @@ def bernoulli_nll_backward(grad: torch.Tensor, logits: torch.Tensor, target: tor
 
 
 @op("gaussian_nll")
-def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, reduction: int,
-                 scale: float) -> torch.Tensor:
+def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, reduction: int, scale: float) -> Tensor:
     mean, logvar, target = mean.contiguous(), logvar.contiguous(), target.contiguous()
     out = accumulator(mean, reduction)
     R, C = rows_cols(mean, reduction)
@@ -167,8 +166,8 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor,
 
 
 @op("gaussian_nll_backward")
-def gaussian_nll_backward(grad: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor,
-                          reduction: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_nll_backward(grad: Tensor, mean: Tensor, logvar: Tensor, target: Tensor, reduction: int,
+                          scale: float) -> tuple[Tensor, Tensor]:
     grad, mean, logvar, target = grad.contiguous(), mean.contiguous(), logvar.contiguous(), target.contiguous()
     gmean, glv = torch.empty_like(mean), torch.empty_like(logvar)
     R, C = rows_cols(mean, reduction)
@@ -202,22 +201,21 @@ def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int):
 
 
 @op("reparameterize")
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, philox: torch.Tensor, num_samples: int) -> torch.Tensor:
+def reparameterize(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> Tensor:
     return sample(mu, logvar, philox, num_samples, with_kl=False)[0]
 
 
 @op("reparameterize_backward")
-def reparameterize_backward(grad_z: torch.Tensor, logvar: torch.Tensor, philox: torch.Tensor, num_samples: int) -> torch.Tensor:
+def reparameterize_backward(grad_z: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> Tensor:
     return sample_backward(grad_z, None, logvar, logvar, philox, num_samples)[1]
 
 
 @op("sample_and_kl")
-def sample_and_kl(mu: torch.Tensor, logvar: torch.Tensor, philox: torch.Tensor,
-                  num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_and_kl(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
     return sample(mu, logvar, philox, num_samples, with_kl=True)
 
 
 @op("sample_and_kl_backward")
-def sample_and_kl_backward(grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                           philox: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_and_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, philox: Tensor,
+                           num_samples: int) -> tuple[Tensor, Tensor]:
     return sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples)
