@@ -26,13 +26,15 @@ class Status:
 def _triton_status() -> Status:
     from . import _triton_loader
 
-    if _triton_loader.error is not None:
-        return Status(False, f"triton could not be loaded: {_triton_loader.error}")
+    error = _triton_loader.load()  # the first call imports triton and defines the ops (seconds)
+    if error is not None:
+        return Status(False, f"triton could not be loaded: {error}")
     if torch.cuda.is_available():
         return Status(True, f"triton {_triton_loader.version} on CUDA tensors")
     if _triton_loader.interpreted:
         return Status(True, f"triton {_triton_loader.version} interpreter (TRITON_INTERPRET=1) on CPU tensors")
-    return Status(False, "no CUDA device, and TRITON_INTERPRET=1 was not set before importing vae_fast")
+    return Status(False, "no CUDA device, and TRITON_INTERPRET=1 was not set before the Triton backend "
+                         "was first used")
 
 
 def _native_status(device_type: str) -> Status:
@@ -49,21 +51,25 @@ def _native_status(device_type: str) -> Status:
     return Status(True, f"native CUDA kernels for {', '.join(_native.compiled_archs())}")
 
 
+def status_of(name: str) -> Status:
+    """Whether backend `name` works here and why (not); for "triton" this loads the backend."""
+    if name == "triton":
+        return _triton_status()
+    if name in _DEVICE:
+        return _native_status(name)
+    return Status(True, "plain PyTorch (autograd), any device")
+
+
 def available_backends() -> dict[str, Status]:
     """Every backend name with whether it works here and why (not)."""
-    return {
-        "triton": _triton_status(),
-        "cuda": _native_status("cuda"),
-        "cpu": _native_status("cpu"),
-        "reference": Status(True, "plain PyTorch (autograd), any device"),
-    }
+    return {name: status_of(name) for name in ("triton", "cuda", "cpu", "reference")}
 
 
 def auto_choice(device: torch.device) -> str:
-    """The backend "auto" picks for tensors on `device`: native first, then Triton, then reference."""
+    """The backend "auto" picks for tensors on `device`: native first, then Triton, then reference
+    (asking only as far as needed, so that CPU tensors never load the Triton backend)."""
     order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
-    status = available_backends()
-    return next((name for name in order if status[name].available), "reference")
+    return next((name for name in order if status_of(name).available), "reference")
 
 
 @contextlib.contextmanager
@@ -102,7 +108,7 @@ def resolve(backend: str | None, device: torch.device):
     if name in _DEVICE and device.type != _DEVICE[name]:
         raise RuntimeError(f"backend {name!r}: expected tensors on {_DEVICE[name]}, got {device}")
     if name != "reference":
-        status = available_backends()[name]
+        status = status_of(name)
         if not status.available:
             raise RuntimeError(f"backend {name!r} is not available: {status.detail}")
     ns = None if name == "reference" else getattr(torch.ops, _NAMESPACE[name])
