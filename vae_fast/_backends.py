@@ -153,7 +153,7 @@ def resolve(backend: str | None, device: torch.device):
         return _resolved[key]
     if name == "auto":
         name = auto_choice(device)
-        if name == "reference":
+        if name == "reference" and not torch.compiler.is_compiling():  # dynamo can't trace a warning
             _warn_fallback(device)
     if name in _DEVICE and device.type != _DEVICE[name]:
         raise RuntimeError(f"backend {name!r}: expected tensors on {_DEVICE[name]}, got {device}")
