@@ -94,12 +94,14 @@ def _warn_fallback(device: torch.device) -> None:
                   stacklevel=_user_stacklevel())
 
 
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__))
+
+
 def _user_stacklevel() -> int:
     """The warnings.warn stacklevel of the caller's first frame outside vae_fast and torch (the
     user's line, not the nn.Module or functional layer in between)."""
-    inside = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules[__name__], torch))
     frame, level = sys._getframe(1), 1  # level 1: the frame calling warnings.warn
-    while frame is not None and frame.f_code.co_filename.startswith(inside):
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
         frame, level = frame.f_back, level + 1
     return level
 
@@ -153,7 +155,8 @@ def resolve(backend: str | None, device: torch.device):
         return _resolved[key]
     if name == "auto":
         name = auto_choice(device)
-        if name == "reference" and not torch.compiler.is_compiling():  # dynamo can't trace a warning
+        # not inside a torch.compile trace: dynamo cannot trace warnings.warn (fullgraph would fail)
+        if name == "reference" and not torch.compiler.is_compiling():
             _warn_fallback(device)
     if name in _DEVICE and device.type != _DEVICE[name]:
         raise RuntimeError(f"backend {name!r}: expected tensors on {_DEVICE[name]}, got {device}")
