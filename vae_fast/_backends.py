@@ -2,16 +2,24 @@
 
 A backend is a namespace of torch ops with the schemas of _schemas.py (`vae_fast` for the native
 "cpu"/"cuda" kernels, `vae_fast_triton` for "triton"), or "reference" (plain PyTorch autograd).
+
+The default backend is "auto", or $VAE_FAST_BACKEND (read at first use); `use_backend` overrides it
+for a block. When "auto" has to fall back to the reference because no fused backend runs (vae_fast._C
+missing, mismatched or without CUDA kernels, Triton unusable), it warns once per device type.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import sys
 import threading
+import warnings
 
 import torch
 
 NAMES = ("auto", "triton", "cuda", "cpu", "reference")
+ENV_VAR = "VAE_FAST_BACKEND"
 _NAMESPACE = {"triton": "vae_fast_triton", "cuda": "vae_fast", "cpu": "vae_fast"}
 _DEVICE = {"cuda": "cuda", "cpu": "cpu"}
 _state = threading.local()
@@ -68,15 +76,45 @@ def available_backends() -> dict[str, Status]:
 def auto_choice(device: torch.device) -> str:
     """The backend "auto" picks for tensors on `device`: native first, then Triton, then reference
     (asking only as far as needed, so that CPU tensors never load the Triton backend)."""
-    order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
-    return next((name for name in order if status_of(name).available), "reference")
+    return next((name for name in _auto_order(device) if status_of(name).available), "reference")
+
+
+def _auto_order(device: torch.device) -> tuple[str, ...]:
+    return ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+
+
+_warned_fallback: set = set()  # device types "auto" has warned about
+
+
+def _warn_fallback(device: torch.device) -> None:
+    """Says once per device type that "auto" runs the (slower) reference, and why."""
+    if device.type in _warned_fallback:
+        return
+    _warned_fallback.add(device.type)
+    why = "; ".join(f"{name}: {status_of(name).detail}" for name in _auto_order(device))
+    warnings.warn(f"vae_fast: backend 'auto' falls back to 'reference' (plain PyTorch, unfused) for "
+                  f"{device.type} tensors because no fused backend is available ({why}). Choose "
+                  f"'reference' explicitly ({ENV_VAR}=reference or backend=) to silence this.",
+                  stacklevel=_user_stacklevel())
+
+
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__))
+
+
+def _user_stacklevel() -> int:
+    """The warnings.warn stacklevel of the caller's first frame outside vae_fast and torch (the
+    user's line, not the nn.Module or functional layer in between)."""
+    frame, level = sys._getframe(1), 1  # level 1: the frame calling warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
     """Make `name` the default backend of the vae_fast functions inside the `with` block."""
     check_name(name)
-    previous = getattr(_state, "default", "auto")
+    previous = getattr(_state, "default", None)
     _state.default = name
     try:
         yield
@@ -90,8 +128,24 @@ def check_name(name) -> str:
     return name
 
 
+_env_default: str | None = None  # $VAE_FAST_BACKEND once read
+
+
+def default() -> str:
+    """The default backend outside `use_backend`: $VAE_FAST_BACKEND (read at first use; unset or
+    empty means "auto")."""
+    global _env_default
+    if _env_default is None:
+        value = os.environ.get(ENV_VAR, "") or "auto"
+        if value not in NAMES:
+            raise ValueError(f"environment variable {ENV_VAR}: expected one of "
+                             f"{', '.join(map(repr, NAMES))}, got {value!r}")
+        _env_default = value
+    return _env_default
+
+
 def current() -> str:
-    return getattr(_state, "default", "auto")
+    return getattr(_state, "default", None) or default()
 
 
 _resolved: dict = {}
@@ -105,6 +159,9 @@ def resolve(backend: str | None, device: torch.device):
         return _resolved[key]
     if name == "auto":
         name = auto_choice(device)
+        # not inside a torch.compile trace: dynamo cannot trace warnings.warn (fullgraph would fail)
+        if name == "reference" and not torch.compiler.is_compiling():
+            _warn_fallback(device)
     if name in _DEVICE and device.type != _DEVICE[name]:
         raise RuntimeError(f"backend {name!r}: expected tensors on {_DEVICE[name]}, got {device}")
     if name != "reference":

@@ -17,13 +17,16 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-from . import data as data_mod
 from . import reference
 from .models import DECODERS, VAE, ReferenceOps
+
+if TYPE_CHECKING:  # imported where used: .data needs numpy, of the `cli` extra (`vae-fast info` does not)
+    from . import data as data_mod
 
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("off", "default", "reduce-overhead")  # reduce-overhead: CUDA graphs of fwd and bwd
@@ -221,6 +224,8 @@ def test_log_px(model: VAE, images: torch.Tensor, env: Dist, num_samples: int, s
 def train(config: TrainConfig, *, stdout=None) -> dict:
     """Trains and writes the outputs (rank 0); returns the metrics dict (the one in metrics.json)
     on every rank. Raises ConfigError / data.DataError on bad options or data."""
+    from . import data as data_mod
+
     t_start = time.perf_counter()
     config = dataclasses.replace(config).validate()
     stdout = stdout if stdout is not None else sys.stdout
@@ -238,6 +243,8 @@ def train(config: TrainConfig, *, stdout=None) -> dict:
 
 def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout, t_start) -> dict:
     from tqdm import tqdm
+
+    from . import data as data_mod
 
     threads = set_threads(config, env)
     verbose = env.main and not config.quiet
