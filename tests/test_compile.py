@@ -8,14 +8,8 @@ from vae_fast.models import VAE, FusedOps
 from helpers import FUSED, need
 
 
-# Known library bug (reported; drop this marker with the fix, strict=True makes the fixed test fail
-# until then): vae_fast._backends.resolve memoises (backend, device type) into the module dict
-# `_resolved`. Traced by dynamo with that key absent, the lookup becomes the guard
-# `not ___dict_contains(key, _resolved)`, and the cache write (replayed after the graph) makes the
-# guard fail on the next call: one recompilation, on every device. It passed only when an earlier
-# eager call in the same process had filled the cache (test order), as the cold cache below shows.
-@pytest.mark.xfail(raises=torch._dynamo.exc.RecompileError, strict=True,
-                   reason="vae_fast._backends.resolve writes its cache while traced: one recompilation")
+# A cold backend cache, as in a fresh process: vae_fast._backends.resolve used to write its cache
+# while traced, so the guard on the missing key failed on the next call (one recompilation).
 @pytest.mark.parametrize("backend", FUSED)
 def test_vae_step_compiles_once_and_resamples(backend, monkeypatch):
     device = need(backend)

@@ -131,6 +131,20 @@ def check_name(name) -> str:
 _env_default: str | None = None  # $VAE_FAST_BACKEND once read
 
 
+def current() -> str:
+    return getattr(_state, "default", None) or default()
+
+
+def _constant_result(fn):
+    """torch.compiler.assume_constant_result without importing torch._dynamo (seconds at import): the
+    mark it sets. Dynamo then runs `fn` at trace time and bakes its result into the graph. Traced
+    instead, the caches below would guard on their first read and break the guard with their first
+    write, so the first compiled call would compile twice (tests/test_compile.py)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_result
 def default() -> str:
     """The default backend outside `use_backend`: $VAE_FAST_BACKEND (read at first use; unset or
     empty means "auto")."""
@@ -144,30 +158,31 @@ def default() -> str:
     return _env_default
 
 
-def current() -> str:
-    return getattr(_state, "default", None) or default()
-
-
-_resolved: dict = {}
+_resolved: dict = {}  # (backend name, device type) -> op namespace name, or None for the reference
 
 
 def resolve(backend: str | None, device: torch.device):
     """The op namespace for (backend, device), or None for the reference; raises if it can't run."""
-    name = check_name(current() if backend is None else backend)
-    key = (name, device.type)
+    ns = _namespace(check_name(current() if backend is None else backend), device.type)
+    return None if ns is None else getattr(torch.ops, ns)
+
+
+@_constant_result
+def _namespace(name: str, device_type: str) -> str | None:
+    key = (name, device_type)
     if key in _resolved:
         return _resolved[key]
+    device = torch.device(device_type)
     if name == "auto":
         name = auto_choice(device)
-        # not inside a torch.compile trace: dynamo cannot trace warnings.warn (fullgraph would fail)
-        if name == "reference" and not torch.compiler.is_compiling():
+        if name == "reference":
             _warn_fallback(device)
-    if name in _DEVICE and device.type != _DEVICE[name]:
-        raise RuntimeError(f"backend {name!r}: expected tensors on {_DEVICE[name]}, got {device}")
+    if name in _DEVICE and device_type != _DEVICE[name]:
+        raise RuntimeError(f"backend {name!r}: expected tensors on {_DEVICE[name]}, got {device_type}")
     if name != "reference":
         status = status_of(name)
         if not status.available:
             raise RuntimeError(f"backend {name!r} is not available: {status.detail}")
-    ns = None if name == "reference" else getattr(torch.ops, _NAMESPACE[name])
+    ns = None if name == "reference" else _NAMESPACE[name]
     _resolved[key] = ns
     return ns
