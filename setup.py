@@ -139,7 +139,7 @@ def extension_modules():
     from torch.utils import cpp_extension
 
     root = os.path.dirname(os.path.abspath(__file__))
-    sources = ["csrc/ops.cpp"] + sorted(
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(
         os.path.join("csrc/cpu", f) for f in os.listdir("csrc/cpu") if f.endswith(".cpp"))
     # -fno-math-errno / -fno-trapping-math let GCC vectorise sqrt and the selects of kernels/
     # (values are unchanged: no flag here relaxes IEEE rounding); -fopenmp makes at::parallel_for
