@@ -16,6 +16,7 @@ from vae_fast import bench, cli
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NAMESPACE = {"triton": "vae_fast_triton", "cpu": "vae_fast", "cuda": "vae_fast"}
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,15 @@ def test_dispatch_overhead(quick_run):
     for b in report["options"]["backends"]:
         assert positive(calls[f"vae_fast.bernoulli_nll(backend={b!r})"]["us_per_call"])
         assert isinstance(d["python_layer_us"][b], float)
+        for op in ("bernoulli_nll", "sample_and_kl"):  # public API and direct op, without and with grad
+            for grad in ("", ", input requiring grad"):
+                for call in (f"vae_fast.{op}(backend={b!r}){grad}",
+                             f"torch.ops.{NAMESPACE[b]}.{op}.default{grad}"):
+                    assert positive(calls[call]["us_per_call"]) and positive(calls[call]["us_min"]), call
+                    assert calls[call]["us_min"] <= calls[call]["us_per_call"]
+        assert set(d["python_layer_by_call"][b]) == {"bernoulli_nll", "bernoulli_nll grad",
+                                                     "sample_and_kl", "sample_and_kl grad"}
+        assert d["python_layer_us"][b] == d["python_layer_by_call"][b]["bernoulli_nll"]
     assert set(d["python_layer_us"]) == set(report["options"]["backends"])
 
 
