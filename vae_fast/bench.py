@@ -412,12 +412,12 @@ def _dispatch_specs(device: torch.device, backends) -> list[DispatchCall]:
             calls += [
                 DispatchCall(f"vae_fast.bernoulli_nll(backend={b!r}){grad_note[grad]}", b, "bernoulli_nll",
                              grad, True, lambda a=a, b=b: functional.bernoulli_nll(a, t, backend=b)),
-                DispatchCall(f"torch.ops.{name}.bernoulli_nll.default{grad_note[grad]}", b, "bernoulli_nll", grad, False,
-                             lambda a=a, op=bce: op(a, t, SUM, scale)),
+                DispatchCall(f"torch.ops.{name}.bernoulli_nll.default{grad_note[grad]}", b, "bernoulli_nll",
+                             grad, False, lambda a=a, op=bce: op(a, t, SUM, scale)),
                 DispatchCall(f"vae_fast.sample_and_kl(backend={b!r}){grad_note[grad]}", b, "sample_and_kl",
                              grad, True, lambda a=a, c=c, b=b: functional.sample_and_kl(a, c, backend=b)),
-                DispatchCall(f"torch.ops.{name}.sample_and_kl.default{grad_note[grad]}", b, "sample_and_kl", grad, False,
-                             lambda a=a, c=c, op=sample: op(a, c, philox, 1)),
+                DispatchCall(f"torch.ops.{name}.sample_and_kl.default{grad_note[grad]}", b, "sample_and_kl",
+                             grad, False, lambda a=a, c=c, op=sample: op(a, c, philox, 1)),
             ]
     return calls
 
