@@ -1,6 +1,6 @@
 // Autograd of the native ops (namespace vae_fast, schemas in csrc/ops.cpp), in C++: a Python
-// autograd kernel (torch.library.register_autograd) costs ~14 us per call even when nothing needs a
-// gradient, this one well under 1 us. The backward formulas are those the Triton namespace keeps in
+// autograd kernel (torch.library.register_autograd) costs ~4 us per call even when nothing needs a
+// gradient and ~10 us to record a node; this one ~0.05 us and ~1.5 us (4x4 CPU tensors). The backward formulas are those the Triton namespace keeps in
 // Python (vae_fast/_ops.py): each calls the op's fused `*_backward` op.
 //
 // Per call: forward-mode AD is rejected (the ops have no jvp; silent zero tangents otherwise);
