@@ -1,6 +1,6 @@
-"""pytest-benchmark: per-call cost of bernoulli_nll on tiny tensors through plain torch, the
-reference math, the public API (each backend) and each fused op called directly; API minus the
-direct op call is the cost of vae_fast's Python layer."""
+"""pytest-benchmark: per-call cost of bernoulli_nll and sample_and_kl on tiny tensors through plain
+torch, the reference, the public API (each backend) and each fused op called directly, with and
+without inputs requiring grad; API minus the direct op call is the cost of vae_fast's Python layer."""
 from vae_fast import bench
 
 

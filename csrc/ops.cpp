@@ -1,6 +1,6 @@
 // The op schemas of namespace vae_fast, in one place for C++ (they must equal vae_fast/_schemas.py;
-// tests check it). Kernels: csrc/cpu (CPU) and csrc/cuda (CUDA). Fake kernels and autograd are
-// registered by the Python layer (vae_fast/_ops.py).
+// tests check it). Kernels: csrc/cpu (CPU) and csrc/cuda (CUDA); autograd: csrc/autograd.cpp. Fake
+// kernels are registered by the Python layer (vae_fast/_ops.py).
 //
 // This file also makes vae_fast._C an importable Python module (plain C API, no pybind11) that
 // reports how it was built.

@@ -1,9 +1,13 @@
-// float32 exp / log / log1p / sincos for host code, written branch-free so that a compiler can
-// vectorise loops that call them (libm's scalar calls stop GCC's vectoriser). Device code and
-// double precision use the CUDA / libm functions instead (see vae_math.h).
+// float32 exp / log / log1p / sincos written branch-free, so that a compiler can vectorise host
+// loops that call them (libm's scalar calls stop GCC's vectoriser).
 //
-// Cephes-style polynomials; errors are a few ulp at most, within what docs/rng.md allows between
-// backends ("log, sqrt, cos, sin differ between libraries by a few ulp").
+// log is VAE_HD: vae_log of the RNG contract (docs/rng.md), one sequence of roundings for every
+// backend. On the GPU each step is an __f*_rn intrinsic, which nvcc never contracts or reorders; on
+// the host the plain operators, with FMAs where GCC forms them (the FMA builds of
+// csrc/cpu/ops_cpu.cpp), within the tolerance docs/rng.md states. The rest is host-only: the GPU
+// has its own exp and log1p, and double precision uses libm / CUDA (see vae_math.h).
+//
+// Cephes-style polynomials; errors are a few ulp at most.
 #pragma once
 
 #include <cstdint>
@@ -14,8 +18,55 @@
 namespace vae {
 namespace fm {
 
-inline float as_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
-inline int32_t as_int(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
+VAE_HD float as_float(int32_t i) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(i);
+#else
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+#endif
+}
+VAE_HD int32_t as_int(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(f);
+#else
+  int32_t i;
+  std::memcpy(&i, &f, 4);
+  return i;
+#endif
+}
+
+// One rounding each. fma is a * b + c with one rounding on the GPU, and on the host where the
+// compiler contracts it (it does in code built for FMA), else two; never a libm call.
+VAE_HD float mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+VAE_HD float add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+VAE_HD float sub(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+VAE_HD float fma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
 
 // round to nearest integer (ties to even) for |x| < 2^22, without a call to rintf
 inline float round_int(float x) {
@@ -44,29 +95,32 @@ inline float exp(float x) {
   return y * pow2i(n1) * pow2i(ni - n1);
 }
 
-// natural log for positive, normal, finite x (the only inputs this package gives it)
-inline float log(float x) {
+// natural log for positive, normal, finite x (the only inputs this package gives it): vae_log of
+// the RNG contract (docs/rng.md), in its order of roundings
+VAE_HD float log(float x) {
   const int32_t i = as_int(x);
   int32_t e = ((i >> 23) & 0xff) - 126;
   float m = as_float((i & 0x007fffff) | 0x3f000000);  // x = m * 2^e, m in [0.5, 1)
-  const bool small = m < 0.707106781186547524f;
+  const bool small = m < 0.70710678118654752f;
   e = small ? e - 1 : e;
-  m = small ? m + m - 1.0f : m - 1.0f;  // m - 1 now in [-0.293, 0.414]
-  const float z = m * m;
+  m = small ? sub(add(m, m), 1.0f) : sub(m, 1.0f);  // m - 1 now in [-0.293, 0.414], exactly
+  const float z = mul(m, m);
   float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
+  y = fma(y, m, -1.1514610310e-1f);
+  y = fma(y, m, 1.1676998740e-1f);
+  y = fma(y, m, -1.2420140846e-1f);
+  y = fma(y, m, 1.4249322787e-1f);
+  y = fma(y, m, -1.6668057665e-1f);
+  y = fma(y, m, 2.0000714765e-1f);
+  y = fma(y, m, -2.4999993993e-1f);
+  y = fma(y, m, 3.3333331174e-1f);
+  y = mul(y, m);
+  y = mul(y, z);
   const float ef = static_cast<float>(e);
-  y += ef * -2.12194440e-4f;
-  y += -0.5f * z;
-  return (m + y) + ef * 0.693359375f;
+  y = fma(ef, -2.12194440e-4f, y);
+  y = fma(-0.5f, z, y);
+  const float t = add(m, y);
+  return fma(ef, 0.693359375f, t);
 }
 
 // log(1 + x) for x >= 0 (Goldberg: log(u) * x / (u - 1) cancels the rounding of u = 1 + x)

@@ -1,19 +1,18 @@
-// The RNG contract of docs/rng.md: Triton's tl.randn4x (Philox4x32-10, uint -> uniform,
-// Box-Muller), written once for the CPU and CUDA backends.
+// The RNG contract v2 of docs/rng.md (Philox4x32-10 as Triton's tl.randint4x, uint -> uniform,
+// a fast Box-Muller), written once for the CPU and CUDA backends.
 //
-//   eps(seed, offset, i) = tl.randn4x(seed, offset + (i >> 2))[i & 3]
+//   eps(seed, offset, i) = normal (i & 3) of the Philox group offset + (i >> 2)
 //
-// Steps 1-3 (Philox words, uniforms) are exact and bit-identical to Triton. Step 4 uses
-// log/sqrt/sin/cos: libdevice on the GPU, kernels/fastmath.h on the host (a few ulp apart).
+// Steps 1-3 (Philox words, uniforms) are exact and bit-identical everywhere. Step 4 is one
+// instruction sequence on the GPU (CUDA and Triton give the same bits); the host differs in
+// sqrt/sin/cos within a tested tolerance.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#include "hd.h"
-#if !defined(__CUDA_ARCH__)
 #include "fastmath.h"
-#endif
+#include "hd.h"
 
 namespace vae {
 
@@ -26,8 +25,6 @@ VAE_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t k0, uint32_t k1)
   const uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
   const uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
   uint32_t c2 = 0, c3 = 0;
-#if defined(__CUDA_ARCH__)
-#endif
   for (int round = 0; round < 10; ++round) {
 #if defined(__CUDA_ARCH__)
     const uint32_t p0 = c0, p2 = c2;
@@ -64,23 +61,46 @@ VAE_HD float uint_to_uniform(uint32_t w) {
   return static_cast<float>(i) * 4.6566127342e-10f;
 }
 
-// tl.pair_uniform_to_normal (Box-Muller) in float32
+#if defined(__CUDA_ARCH__)
+// the PTX approximations of the contract (no slow paths, no local memory)
+__device__ __forceinline__ float sqrt_approx(float x) {
+  float r;
+  asm("sqrt.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ float sin_approx(float x) {
+  float r;
+  asm("sin.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ float cos_approx(float x) {
+  float r;
+  asm("cos.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+#endif
+
+// Box-Muller of the RNG contract v2 (docs/rng.md) in float32, with its vae_log (fm::log of
+// kernels/fastmath.h). On the GPU: the PTX approximations, bit-identical to the Triton backend. On
+// the host: std::sqrt and fm::sincos, within the tolerance docs/rng.md states.
 VAE_HD void box_muller(float u1, float u2, float* n1, float* n2) {
   u1 = u1 > 1.0e-7f ? u1 : 1.0e-7f;
-  const float th = 6.283185307179586f * u2;
-  float s, c;
 #if defined(__CUDA_ARCH__)
-  const float r = sqrtf(-2.0f * logf(u1));
-  sincosf(th, &s, &c);
+  const float r = sqrt_approx(__fmul_rn(-2.0f, fm::log(u1)));
+  const float th = __fmul_rn(6.283185307179586f, u2);
+  *n1 = __fmul_rn(r, cos_approx(th));
+  *n2 = __fmul_rn(r, sin_approx(th));
 #else
   const float r = std::sqrt(-2.0f * fm::log(u1));
+  const float th = 6.283185307179586f * u2;
+  float s, c;
   fm::sincos(th, &s, &c);
-#endif
   *n1 = r * c;
   *n2 = r * s;
+#endif
 }
 
-// tl.randn4x(seed, offset + group): the normals of elements 4*group .. 4*group + 3
+// the normals of elements 4*group .. 4*group + 3
 VAE_HD void randn4(uint64_t seed, uint64_t offset, uint64_t group, float out[4]) {
   const Philox4 w = philox_words(seed, offset, group);
   box_muller(uint_to_uniform(w.x[0]), uint_to_uniform(w.x[1]), &out[0], &out[1]);

@@ -1,5 +1,6 @@
 """Run the Triton kernels in the interpreter when there is no GPU (TRITON_INTERPRET must be set
-before triton compiles any @jit function, i.e. before vae_fast is imported)."""
+before triton compiles any @jit function, i.e. before vae_fast is imported). With a GPU it stays
+unset: the Triton backend then runs compiled, on CUDA tensors (helpers.device_of("triton"))."""
 import os
 
 import torch

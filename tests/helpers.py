@@ -15,11 +15,15 @@ TOL = {
 
 
 def device_of(backend: str) -> torch.device:
+    """The device whose tensors the fused `backend` takes: its own for "cpu" and "cuda"; for
+    "triton" CUDA when there is a GPU, else the CPU (interpreted, tests/conftest.py)."""
     if backend == "cpu":
         return torch.device("cpu")
     if backend == "cuda":
         return torch.device("cuda")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "triton":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    raise ValueError(f"backend: expected one of {FUSED}, got {backend!r}")
 
 
 def need(backend: str) -> torch.device:

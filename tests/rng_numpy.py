@@ -1,4 +1,5 @@
-"""An independent NumPy twin of the RNG contract (docs/rng.md), for checking every backend."""
+"""An independent NumPy twin of the RNG contract (docs/rng.md), for checking every backend: `eps`
+in float32 (libm functions) and `eps_float64`, the float64 ideal the tolerances are measured from."""
 import numpy as np
 
 KEY_A, KEY_B = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
@@ -39,3 +40,17 @@ def eps(seed: int, offset: int, n: int) -> np.ndarray:
     r = np.sqrt(np.float32(-2.0) * np.log(ua))
     th = np.float32(6.283185307179586) * ub
     return np.where((i & 1) == 0, r * np.cos(th), r * np.sin(th)).astype(np.float32)
+
+
+def eps_float64(seed: int, offset: int, n: int) -> np.ndarray:
+    """eps(i) for i in range(n) by the contract v2 (docs/rng.md) with its float32 steps exact (the
+    uniforms, max(1e-7, u1), th = float32(2*pi) * u2 rounded to float32) and log, sqrt, cos, sin
+    in float64: what every backend approximates. float64."""
+    i = np.arange(n, dtype=np.int64)
+    u = [uniform(w) for w in philox(seed, offset + (i >> 2))]
+    first = (i & 3) < 2
+    ua = np.maximum(np.float32(1e-7), np.where(first, u[0], u[2])).astype(np.float64)
+    ub = np.where(first, u[1], u[3])
+    th = (np.float32(6.283185307179586) * ub).astype(np.float32).astype(np.float64)
+    r = np.sqrt(-2.0 * np.log(ua))
+    return np.where((i & 1) == 0, r * np.cos(th), r * np.sin(th))

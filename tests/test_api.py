@@ -4,53 +4,54 @@ import pytest
 import torch
 
 import vae_fast
-from helpers import need
-
-BACKENDS = ("reference", "triton", "cpu", "cuda", "auto")
+from helpers import FUSED, device_of, need
 
 
-def run_all(fn):
-    for backend in BACKENDS:
-        if backend not in ("reference", "auto") and not vae_fast.available_backends()[backend].available:
-            continue
-        if backend == "cuda":
-            continue  # CPU tensors below
-        fn(backend)
+def backend_devices():
+    """(backend, device) for every backend that runs here, on the device it takes: the native ones
+    on theirs, Triton on CUDA when there is a GPU (else interpreted on the CPU), the reference and
+    "auto" on the CPU and, when there is one, on CUDA."""
+    status = vae_fast.available_backends()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return ([(b, d) for b in ("reference", "auto") for d in devices]
+            + [(b, device_of(b).type) for b in FUSED if status[b].available])
 
 
 @pytest.mark.parametrize("call,error,words", [
-    (lambda b: vae_fast.bernoulli_nll(torch.zeros(2, 3), torch.zeros(2, 4), backend=b), ValueError,
-     ["target", "(2, 3)", "(2, 4)"]),
-    (lambda b: vae_fast.bernoulli_nll(torch.zeros(2, dtype=torch.long), torch.zeros(2), backend=b), TypeError,
-     ["logits", "torch.int64"]),
-    (lambda b: vae_fast.bernoulli_nll([1.0], torch.zeros(1), backend=b), TypeError, ["logits", "list"]),
-    (lambda b: vae_fast.bernoulli_nll(torch.zeros(2), torch.zeros(2), reduction="avg", backend=b), ValueError,
-     ["reduction", "'avg'", "'batchmean'"]),
-    (lambda b: vae_fast.gaussian_kl(torch.zeros(2, 3), torch.zeros(3), backend=b), ValueError, ["logvar"]),
-    (lambda b: vae_fast.gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4), backend=b),
+    (lambda b, d: vae_fast.bernoulli_nll(torch.zeros(2, 3, device=d), torch.zeros(2, 4, device=d), backend=b),
+     ValueError, ["target", "(2, 3)", "(2, 4)"]),
+    (lambda b, d: vae_fast.bernoulli_nll(torch.zeros(2, dtype=torch.long, device=d), torch.zeros(2, device=d),
+                                         backend=b), TypeError, ["logits", "torch.int64"]),
+    (lambda b, d: vae_fast.bernoulli_nll([1.0], torch.zeros(1, device=d), backend=b), TypeError,
+     ["logits", "list"]),
+    (lambda b, d: vae_fast.bernoulli_nll(torch.zeros(2, device=d), torch.zeros(2, device=d), reduction="avg",
+                                         backend=b), ValueError, ["reduction", "'avg'", "'batchmean'"]),
+    (lambda b, d: vae_fast.gaussian_kl(torch.zeros(2, 3, device=d), torch.zeros(3, device=d), backend=b),
+     ValueError, ["logvar"]),
+    (lambda b, d: vae_fast.gaussian_kl(torch.zeros(2, 3, device=d), torch.zeros(2, 3, device=d),
+                                       torch.zeros(4, device=d), backend=b),
      ValueError, ["prior_mu", "broadcastable", "(4,)"]),
-    (lambda b: vae_fast.reparameterize(torch.zeros(3), torch.zeros(3), num_samples=0, backend=b), ValueError,
-     ["num_samples", "positive", "0"]),
-    (lambda b: vae_fast.reparameterize(torch.zeros(3), torch.zeros(3), generator=3, backend=b), TypeError,
-     ["generator"]),
-    (lambda b: vae_fast.sample_and_kl(torch.tensor(1.0), torch.tensor(1.0), backend=b), ValueError,
-     ["mu", "dimension"]),
-    (lambda b: vae_fast.negative_elbo(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 2),
-                                      torch.zeros(3, 2), backend=b), ValueError, ["mu", "batch size"]),
-    (lambda b: vae_fast.gaussian_nll(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3).half(),
-                                     backend=b), None, []),
+    (lambda b, d: vae_fast.reparameterize(torch.zeros(3, device=d), torch.zeros(3, device=d), num_samples=0,
+                                          backend=b), ValueError, ["num_samples", "positive", "0"]),
+    (lambda b, d: vae_fast.reparameterize(torch.zeros(3, device=d), torch.zeros(3, device=d), generator=3,
+                                          backend=b), TypeError, ["generator"]),
+    (lambda b, d: vae_fast.sample_and_kl(torch.tensor(1.0, device=d), torch.tensor(1.0, device=d), backend=b),
+     ValueError, ["mu", "dimension"]),
+    (lambda b, d: vae_fast.negative_elbo(torch.zeros(2, 3, device=d), torch.zeros(2, 3, device=d),
+                                         torch.zeros(3, 2, device=d), torch.zeros(3, 2, device=d), backend=b),
+     ValueError, ["mu", "batch size"]),
+    (lambda b, d: vae_fast.gaussian_nll(torch.zeros(2, 3, device=d), torch.zeros(2, 3, device=d),
+                                        torch.zeros(2, 3, device=d).half(), backend=b), None, []),
 ])
 def test_bad_input_gives_the_same_clear_error_on_every_backend(call, error, words):
-    def check(backend):
+    for backend, device in backend_devices():
         if error is None:
-            call(backend)  # mixed float dtypes are accepted (cast to the first input's dtype)
-            return
+            call(backend, device)  # mixed float dtypes are accepted (cast to the first input's dtype)
+            continue
         with pytest.raises(error) as info:
-            call(backend)
+            call(backend, device)
         for word in words:
-            assert word in str(info.value), (backend, str(info.value))
-
-    run_all(check)
+            assert word in str(info.value), (backend, device, str(info.value))
 
 
 def test_unknown_backend_and_wrong_device():
@@ -83,7 +84,7 @@ def test_use_backend_sets_the_default(monkeypatch):
     calls = []
     monkeypatch.setattr(vae_fast._backends, "_resolved", {})
     with vae_fast.use_backend("triton"):
-        ns = vae_fast._backends.resolve(None, torch.device("cpu" if not torch.cuda.is_available() else "cuda"))
+        ns = vae_fast._backends.resolve(None, device_of("triton"))
         calls.append(ns)
     assert calls[0] is torch.ops.vae_fast_triton
     assert vae_fast._backends.current() == "auto"

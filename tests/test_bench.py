@@ -16,12 +16,13 @@ from vae_fast import bench, cli
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NAMESPACE = {"triton": "vae_fast_triton", "cpu": "vae_fast", "cuda": "vae_fast"}
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    env = dict(os.environ)  # TRITON_INTERPRET=1 from conftest (no GPU): triton runs interpreted
+    env = dict(os.environ)  # TRITON_INTERPRET=1 from conftest without a GPU: triton runs interpreted
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, "-m", "vae_fast", "bench", "--quick", "--device", "cpu",
                            "--threads", "1", "--out", str(out)],
@@ -77,8 +78,9 @@ def test_every_row_has_the_schema_and_positive_numbers(quick_run):
 def test_every_op_direction_shape_and_impl_is_measured(quick_run):
     _, report, _ = quick_run
     impls = {"eager", "compiled", *report["options"]["backends"]}
-    if vae_fast.available_backends()["triton"].available:  # interpreted: --quick includes it
-        assert "triton" in impls
+    # on the CPU Triton runs only interpreted (TRITON_INTERPRET=1, set by conftest without a GPU)
+    if vae_fast.available_backends()["triton"].available and vae_fast._triton_loader.interpreted:
+        assert "triton" in impls  # --quick includes it
     found = {(r["op"], r["direction"], r["shape"], r["impl"]) for r in report["rows"]}
     for op in bench.OPS:
         shapes = ["mnist"] if op == "vae_step" else ["mnist", "stream-2^12"]
@@ -115,6 +117,15 @@ def test_dispatch_overhead(quick_run):
     for b in report["options"]["backends"]:
         assert positive(calls[f"vae_fast.bernoulli_nll(backend={b!r})"]["us_per_call"])
         assert isinstance(d["python_layer_us"][b], float)
+        for op in ("bernoulli_nll", "sample_and_kl"):  # public API and direct op, without and with grad
+            for grad in ("", ", input requiring grad"):
+                for call in (f"vae_fast.{op}(backend={b!r}){grad}",
+                             f"torch.ops.{NAMESPACE[b]}.{op}.default{grad}"):
+                    assert positive(calls[call]["us_per_call"]) and positive(calls[call]["us_min"]), call
+                    assert calls[call]["us_min"] <= calls[call]["us_per_call"]
+        assert set(d["python_layer_by_call"][b]) == {"bernoulli_nll", "bernoulli_nll grad",
+                                                     "sample_and_kl", "sample_and_kl grad"}
+        assert d["python_layer_us"][b] == d["python_layer_by_call"][b]["bernoulli_nll"]
     assert set(d["python_layer_us"]) == set(report["options"]["backends"])
 
 

@@ -24,9 +24,11 @@ def compare(fn_fused, fn_ref, inputs, dtype, reduction):
     out = fn_fused(*inputs)
     ref_inputs = [x.detach().double().requires_grad_() for x in inputs]
     ref = fn_ref(*ref_inputs)
-    assert out.dtype == dtype and out.shape == ref.shape
+    assert out.dtype == dtype and out.shape == ref.shape and out.device == inputs[0].device
     close(out, ref, dtype, scale=max(1.0, ref.detach().abs().max().item()))
+    # drawn on the CPU (the same values on every device), then moved to the outputs' device
     grad_out = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grad_out = grad_out.to(ref.device)
     grads = torch.autograd.grad(out, inputs, grad_out.to(out.device, dtype))
     ref_grads = torch.autograd.grad(ref, ref_inputs, grad_out)
     for g, rg in zip(grads, ref_grads):

@@ -2,6 +2,7 @@
 the recorded build info, the CUDA archs inside the .so, and the loader's refusals (a _C built for
 another torch, a broken or missing _C) with a clear message instead of a crash."""
 import glob
+import importlib.machinery
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import pytest
 import torch
@@ -73,31 +75,49 @@ def test_build_info_records_this_torch():
     assert _C.build_info()["torch_version"] == torch.__version__
 
 
+def arch_names(flags):
+    """['-gencode=arch=compute_90a,code=sm_90a', ...] -> {'sm_90a', ...}: the names setup.py records"""
+    return {m.group(1) for f in flags for m in [re.search(r",code=([a-z_0-9]+)", f)] if m}
+
+
 def expected_arch_names(arch_list: str):
-    """TORCH_CUDA_ARCH_LIST '8.0;9.0+PTX' -> {'sm_80', 'sm_90', 'compute_90'}"""
-    names = set()
-    for arch in filter(None, re.split(r"[;\s]+", arch_list)):
-        num = arch.split("+")[0].replace(".", "")
-        names.add(f"sm_{num}")
-        if arch.endswith("+PTX"):
-            names.add(f"compute_{num}")
-    return names
+    """The arch names a build with TORCH_CUDA_ARCH_LIST=arch_list records, from torch's own
+    cpp_extension._get_cuda_arch_flags (what setup.py calls): '8.0;9.0+PTX' -> {'sm_80', 'sm_90',
+    'compute_90'}; the 'a' suffix only where the list asks for it ('9.0a' -> {'sm_90a'})."""
+    from torch.utils import cpp_extension
+
+    with mock.patch.dict(os.environ, {"TORCH_CUDA_ARCH_LIST": arch_list}):
+        return arch_names(cpp_extension._get_cuda_arch_flags())
+
+
+def test_expected_arch_names_follow_torch():
+    assert expected_arch_names("8.0;9.0+PTX") == {"sm_80", "sm_90", "compute_90"}
+    assert expected_arch_names("9.0") == {"sm_90"}
+    assert expected_arch_names("9.0a") == {"sm_90a"}
+    assert expected_arch_names("Hopper") == {"sm_90", "compute_90"}
+
+
+# flag bits of a fat-binary entry (u64 at byte 40 of its header), read from nvcc 13.0 objects:
+# set for arch-specific code (sm_90a, compute_90a) and family-specific code (sm_100f)
+ARCH_SPECIFIC, FAMILY_SPECIFIC = 0x100000, 0x200000
 
 
 def fatbin_archs(path):
-    """{'sm_XX' for each cubin, 'compute_XX' for each PTX} in the CUDA fat binaries of an ELF file"""
+    """{'sm_XX[a|f]' for each cubin, 'compute_XX[a|f]' for each PTX} in the CUDA fat binaries of an ELF file"""
     data = open(path, "rb").read()
     magic = struct.pack("<I", 0xBA55ED50)
     found, pos = set(), data.find(magic)
     while pos != -1:
         _, _, header, size = struct.unpack_from("<IHHQ", data, pos)
         entry, end = pos + header, pos + header + size
-        while entry + 32 <= end:
+        while entry + 48 <= end:
             kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
             (arch,) = struct.unpack_from("<I", data, entry + 28)
+            (flags,) = struct.unpack_from("<Q", data, entry + 40)
             if entry_header == 0:
                 break
-            found.add(("compute_" if kind == 1 else "sm_") + str(arch))
+            suffix = "a" if flags & ARCH_SPECIFIC else "f" if flags & FAMILY_SPECIFIC else ""
+            found.add(("compute_" if kind == 1 else "sm_") + str(arch) + suffix)
             entry += entry_header + payload
         pos = data.find(magic, max(end, pos + 4))
     return found
@@ -112,7 +132,9 @@ def test_cuda_build_embeds_exactly_the_requested_archs():
     assert fatbin_archs(so) == archs, "device code in the .so differs from the recorded arch list"
     requested = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if requested:  # CI builds and tests with the same TORCH_CUDA_ARCH_LIST
-        assert archs == expected_arch_names(requested)
+        assert archs == expected_arch_names(requested), (
+            f"_C embeds {sorted(archs)}, but TORCH_CUDA_ARCH_LIST={requested!r} here asks torch for "
+            f"{sorted(expected_arch_names(requested))}: build and test with the same TORCH_CUDA_ARCH_LIST")
 
 
 def copy_package(tmp_path, *, so: str | None, build_info: dict | None):
@@ -123,22 +145,26 @@ def copy_package(tmp_path, *, so: str | None, build_info: dict | None):
     if so == "built":
         real = glob.glob(os.path.join(PKG, "_C.*"))[0]
         os.symlink(real, dst / os.path.basename(real))
-    elif so == "broken":
-        (dst / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"not an ELF file")
+    elif so == "broken":  # named with this interpreter's suffix, so that the import finds it
+        (dst / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"not an ELF file")
     if build_info is not None:
         (dst / "_build_info.py").write_text(f"INFO = {build_info!r}\n")
     return tmp_path
 
 
 def native_status(pkg_root):
+    # the _C (if any) must be the copy's: an editable install's import hook could find the repo's
     code = textwrap.dedent("""
+        import sys
         import vae_fast
         from vae_fast import _native
         assert vae_fast.__file__.startswith(%r), vae_fast.__file__
         print(_native.available())
         print(_native.why_not())
         print(vae_fast.available_backends()["cpu"].detail)
-    """ % str(pkg_root))
+        c = sys.modules.get("vae_fast._C")
+        assert c is None or c.__file__.startswith(%r), c.__file__
+    """ % (str(pkg_root), str(pkg_root)))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=pkg_root,
                        env={**os.environ, "PYTHONPATH": str(pkg_root)})
     assert r.returncode == 0, r.stderr  # never a crash

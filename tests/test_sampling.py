@@ -43,7 +43,7 @@ def test_eps_follows_the_rng_contract(backend, shape, num_samples):
 
 def test_numpy_twin_matches_triton_uniforms_bit_for_bit():
     """The integer half of the contract is exact: compare Philox words with tl.randint4x."""
-    need("triton")
+    device = need("triton")
     import triton
     import triton.language as tl
 
@@ -57,7 +57,7 @@ def test_numpy_twin_matches_triton_uniforms_bit_for_bit():
         tl.store(out_ptr + i * 4 + 3, d.to(tl.int64) & 0xFFFFFFFF)
 
     seed, offset = 0x123456789ABCDEF, (1 << 33) + 5
-    out = torch.zeros(64 * 4, dtype=torch.int64, device="cuda" if torch.cuda.is_available() else "cpu")
+    out = torch.zeros(64 * 4, dtype=torch.int64, device=device)
     words[(1,)](out, seed, offset, 64)
     expected = np.stack(rng_numpy.philox(seed, offset + np.arange(64, dtype=np.int64)), 1).astype(np.int64)
     np.testing.assert_array_equal(out.cpu().numpy().reshape(64, 4), expected)
@@ -118,7 +118,7 @@ def test_sample_and_kl_matches_reference(backend, dtype, shape, num_samples):
     logvar = (0.5 * torch.randn(shape, generator=g)).to(device, dtype).requires_grad_()
     (z, kl), (seed, offset) = philox_of(vae_fast.sample_and_kl, mu, logvar, num_samples=num_samples,
                                         backend=backend)
-    eps = torch.from_numpy(rng_numpy.eps(seed, offset, z.numel())).double().reshape(z.shape)
+    eps = torch.from_numpy(rng_numpy.eps(seed, offset, z.numel())).double().reshape(z.shape).to(device)
     rmu, rlv = (t.detach().double().requires_grad_() for t in (mu, logvar))
     rz = reference.reparameterize(rmu, rlv, eps)
     rkl = reference.per_sample(reference.gaussian_kl(rmu, rlv))
@@ -127,8 +127,9 @@ def test_sample_and_kl_matches_reference(backend, dtype, shape, num_samples):
     eps_dtype = torch.float32 if dtype == torch.float64 else dtype
     close(z, rz, eps_dtype, scale=8)
     close(kl, rkl, dtype, scale=rkl.abs().max().item())
-    gz, gkl = torch.randn(rz.shape, dtype=torch.float64), torch.randn(rkl.shape, dtype=torch.float64)
-    grads = torch.autograd.grad((z, kl), (mu, logvar), (gz.to(device, dtype), gkl.to(device, dtype)))
+    # drawn on the CPU like mu and logvar (the same values on every device), then moved there
+    gz, gkl = (torch.randn(t.shape, dtype=torch.float64, generator=g).to(device) for t in (rz, rkl))
+    grads = torch.autograd.grad((z, kl), (mu, logvar), (gz.to(dtype), gkl.to(dtype)))
     ref_grads = torch.autograd.grad((rz, rkl), (rmu, rlv), (gz, gkl))
     close(grads[0], ref_grads[0], dtype, scale=8 * (num_samples or 1))
     close(grads[1], ref_grads[1], eps_dtype, scale=8 * (num_samples or 1))

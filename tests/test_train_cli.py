@@ -1,5 +1,6 @@
 """`vae-fast train`: outputs, metrics.json schema, reproducibility, CLI errors, --data-dir, and a
-2-process DDP run under torchrun (gloo, CPU). Tiny models and 1-2 epochs keep it fast."""
+2-process DDP run under torchrun (gloo on the CPU; NCCL on two GPUs where there are two). Tiny
+models and 1-2 epochs keep it fast. Every run names its --device: "auto" picks CUDA on a GPU machine."""
 import json
 import math
 import os
@@ -13,9 +14,11 @@ import torch
 
 from vae_fast import cli, data
 from vae_fast import train as train_mod
+from helpers import device_of
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "2", "--hidden", "16", "--latent", "4", "--iw-samples", "5", "--quiet"]
+TINY_MODEL = ["--epochs", "2", "--hidden", "16", "--latent", "4", "--iw-samples", "5", "--quiet"]
+TINY = [*TINY_MODEL, "--device", "cpu"]
 OUTPUTS = ("metrics.json", "checkpoint.pt", "samples.png", "reconstructions.png")
 TIMING_KEYS = {"seconds", "train_time_s", "iw_time_s", "wall_time_s"}
 
@@ -80,6 +83,17 @@ def test_metrics_schema(tiny_run):
     assert m["wall_time_s"] >= m["train_time_s"] > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (--device cuda)")
+def test_trains_on_cuda(tmp_path):
+    m = run_cli([*TINY_MODEL, "--device", "cuda", "--seed", "3"], tmp_path)
+    assert m["device"] == "cuda:0" and m["config"]["device"] == "cuda"
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2]
+    assert m["epochs"][1]["test_neg_elbo"] < m["epochs"][0]["test_neg_elbo"]
+    assert math.isfinite(m["final"]["test_log_px"]) and m["final"]["test_log_px"] >= -m["final"]["test_neg_elbo"]
+    model = train_mod.load_model(str(tmp_path / "checkpoint.pt"))  # loads on the CPU
+    assert next(model.parameters()).device.type == "cpu"
+
+
 def test_checkpoint_loads_and_matches_config(tiny_run):
     out, _ = tiny_run
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -99,7 +113,7 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_run, tmp_path):
 
 
 def test_progress_and_summary_printed(tmp_path, capsys):
-    args = ["--epochs", "1", "--hidden", "8", "--latent", "2", "--iw-samples", "3"]
+    args = ["--epochs", "1", "--hidden", "8", "--latent", "2", "--iw-samples", "3", "--device", "cpu"]
     assert cli.main(["train", *args, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "epoch   1/1  train neg-ELBO" in out and "nats/image" in out
@@ -148,7 +162,7 @@ def test_cli_errors_are_one_line(args, message, tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_requested_without_cuda(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["train", *TINY, "--device", "cuda", "--out", str(tmp_path)])
+        cli.main(["train", *TINY_MODEL, "--device", "cuda", "--out", str(tmp_path)])
     assert "--device cuda: CUDA is not available" in capsys.readouterr().err
 
 
@@ -183,11 +197,15 @@ def test_python_dash_m_error_is_clean(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_torchrun_ddp_two_processes(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_torchrun_ddp_two_processes(device, tmp_path):
+    """cpu: gloo, whatever the machine; cuda: NCCL, one GPU per rank (NCCL refuses two ranks on one GPU)."""
+    if device == "cuda" and torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 CUDA devices for 2 NCCL ranks, {torch.cuda.device_count()} visible")
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "vae_fast", "train", "--epochs", "1", "--hidden", "16", "--latent", "4",
-           "--iw-samples", "5", "--out", str(out)]
+           "--iw-samples", "5", "--device", device, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env_with_repo(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -195,6 +213,7 @@ def test_torchrun_ddp_two_processes(tmp_path):
     assert "x 2 processes (DDP)" in proc.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["threads"] >= 1
+    assert m["device"] == ("cpu" if device == "cpu" else "cuda:0")  # rank 0 writes metrics.json
     assert m["data"]["n_test"] == 1000
     assert math.isfinite(m["epochs"][0]["test_neg_elbo"]) and math.isfinite(m["final"]["test_log_px"])
     for name in OUTPUTS:
@@ -208,16 +227,19 @@ def test_torchrun_ddp_two_processes(tmp_path):
 
 
 def _fused_backends():
+    """(backend, device) pairs: every fused backend that runs here, on its device (Triton: CUDA
+    when there is a GPU, else the interpreter on the CPU), and "auto" on the CPU and on CUDA."""
     try:
         from vae_fast._backends import available_backends
     except ImportError:
         return []
-    return [name for name, status in available_backends().items()
-            if status.available and name != "reference"] + ["auto"]
+    pairs = [(name, device_of(name).type) for name, status in available_backends().items()
+             if status.available and name != "reference"]
+    return pairs + [("auto", "cpu")] + ([("auto", "cuda")] if torch.cuda.is_available() else [])
 
 
-@pytest.mark.parametrize("backend", _fused_backends())
-def test_fused_backend_trains(backend, tmp_path):
+@pytest.mark.parametrize("backend,device", _fused_backends())
+def test_fused_backend_trains(backend, device, tmp_path):
     """--backend <fused> end to end on tiny IDX data (the Triton interpreter is slow on the CPU)."""
     rng = np.random.RandomState(0)
     ddir = tmp_path / "mnist"
@@ -225,6 +247,7 @@ def test_fused_backend_trains(backend, tmp_path):
     data.write_idx(ddir / data.TRAIN_IMAGES, rng.randint(0, 256, (64, 4, 4)).astype(np.uint8))
     data.write_idx(ddir / data.TEST_IMAGES, rng.randint(0, 256, (16, 4, 4)).astype(np.uint8))
     m = run_cli(["--epochs", "1", "--hidden", "8", "--latent", "2", "--iw-samples", "2", "--quiet",
-                 "--batch-size", "32", "--backend", backend, "--data-dir", str(ddir)], tmp_path / "o")
-    assert m["config"]["backend"] == backend
+                 "--batch-size", "32", "--backend", backend, "--device", device, "--data-dir", str(ddir)],
+                tmp_path / "o")
+    assert m["config"]["backend"] == backend and m["device"].split(":")[0] == device
     assert math.isfinite(m["final"]["test_neg_elbo"]) and math.isfinite(m["final"]["test_log_px"])

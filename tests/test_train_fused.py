@@ -53,11 +53,11 @@ def test_fused_training_follows_the_reference_trajectory(backend):
 
 @pytest.mark.parametrize("backend", FUSED)
 def test_cli_trains_with_a_fused_backend(backend, tmp_path):
-    need(backend)
+    device = need(backend)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vae_fast", "train", "--backend", backend, "--epochs", "1", "--hidden", "32",
-           "--iw-samples", "2", "--quiet", "--out", str(out)]
+    cmd = [sys.executable, "-m", "vae_fast", "train", "--backend", backend, "--device", device.type,
+           "--epochs", "1", "--hidden", "32", "--iw-samples", "2", "--quiet", "--out", str(out)]
     subprocess.run(cmd, check=True, timeout=600)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["backend"] == backend
+    assert metrics["config"]["backend"] == backend and metrics["device"].split(":")[0] == device.type
     assert metrics["final"]["test_neg_elbo"] > 0

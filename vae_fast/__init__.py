@@ -7,7 +7,6 @@ __version__ = "0.1.0"
 
 from . import _native  # noqa: F401  (loads vae_fast._C when built; never fails)
 from . import _ops
-from . import _triton_loader
 from ._backends import available_backends, use_backend
 from .functional import (
     bernoulli_nll,
@@ -18,8 +17,7 @@ from .functional import (
     sample_and_kl,
 )
 
-if _triton_loader.error is None:
-    _ops.register("vae_fast_triton", fakes=False)
+# the Triton backend loads on first use (vae_fast/_triton_loader.py): importing it costs seconds
 if _native.available():
     _ops.register("vae_fast", fakes=True)
 

@@ -28,8 +28,9 @@ What is measured (one *case* = op x direction x shape x dtype, one *row* = a cas
 - peak memory: on a GPU, torch.cuda.max_memory_allocated during one call minus what was allocated
   before it (inputs, output gradients and model state excluded; temporaries and outputs included).
   null on the CPU (PyTorch has no allocator statistics for CPU tensors).
-- dispatch overhead: microseconds per call of bernoulli_nll on tiny tensors through plain torch, the
-  reference math, the public API and each fused op called directly (`dispatch_overhead`).
+- dispatch overhead: microseconds per call (median and fastest sample) of bernoulli_nll and
+  sample_and_kl on tiny tensors through plain torch, the reference math, the public API and each fused
+  op called directly, with inputs that do not and that do require grad (`dispatch_overhead`).
 
 Minimum bytes an op must move (`min_bytes`: the elements below times the bytes per element; N = elements of mu / logvar,
 M = elements of logits / target, B = rows (batch) = mu.shape[0]; 0-d results and 0-d output
@@ -363,53 +364,99 @@ def copy_bandwidth(device: torch.device, elements: int, timer: TimerConfig) -> d
 
 # ------------------------------------------------------------------- dispatch overhead
 DISPATCH_SHAPE = (4, 8)
+DISPATCH_OPS = ("bernoulli_nll", "sample_and_kl")
 
 
-def dispatch_calls(device: torch.device, backends) -> list[tuple[str, str | None, Callable]]:
-    """(label, backend, callable) per way of computing bernoulli_nll "mean" on tiny tensors: plain
-    torch, the reference math, the public API (each backend) and each fused op called directly."""
+@dataclasses.dataclass(frozen=True)
+class DispatchCall:
+    label: str
+    backend: str | None   # None: plain torch / the reference math outside the public API
+    op: str               # one of DISPATCH_OPS
+    grad: bool            # an input requires grad: the forward also records the autograd node
+    api: bool             # the public vae_fast function (False: the op called directly, or torch)
+    fn: Callable
+
+
+def _dispatch_specs(device: torch.device, backends) -> list[DispatchCall]:
+    """Every way of computing bernoulli_nll "mean" and sample_and_kl on tiny tensors: plain torch,
+    the reference, and per fused backend the public API and the op called directly (with the
+    reduction code and a Philox state prepared outside the loop), each with inputs that do not and
+    that do require grad (forward only: the autograd node is recorded, no backward runs)."""
+    from ._ops import philox_state
     from ._schemas import SUM
 
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(DISPATCH_SHAPE, device=device, generator=g)
     t = torch.rand(DISPATCH_SHAPE, device=device, generator=g)
+    lv = torch.randn(DISPATCH_SHAPE, device=device, generator=g)
+    xg, lvg = x.clone().requires_grad_(), lv.clone().requires_grad_()
     scale = 1.0 / x.numel()
+    philox = philox_state(device)
+    grad_note = {False: "", True: ", input requiring grad"}
     calls = [
-        ("torch F.binary_cross_entropy_with_logits", None,
-         lambda: torch.nn.functional.binary_cross_entropy_with_logits(x, t)),
-        ("vae_fast.reference.bernoulli_nll(...).mean()", None,
-         lambda: reference.bernoulli_nll(x, t).mean()),
-        ("vae_fast.bernoulli_nll(backend='reference')", "reference",
-         lambda: functional.bernoulli_nll(x, t, backend="reference")),
+        DispatchCall("torch F.binary_cross_entropy_with_logits", None, "bernoulli_nll", False, False,
+                     lambda: torch.nn.functional.binary_cross_entropy_with_logits(x, t)),
+        DispatchCall("vae_fast.reference.bernoulli_nll(...).mean()", None, "bernoulli_nll", False, False,
+                     lambda: reference.bernoulli_nll(x, t).mean()),
+        DispatchCall("vae_fast.bernoulli_nll(backend='reference')", "reference", "bernoulli_nll", False, True,
+                     lambda: functional.bernoulli_nll(x, t, backend="reference")),
+        DispatchCall("vae_fast.sample_and_kl(backend='reference')", "reference", "sample_and_kl", False, True,
+                     lambda: functional.sample_and_kl(x, lv, backend="reference")),
     ]
     for b in backends:
-        op = getattr(getattr(torch.ops, _backends._NAMESPACE[b]), "bernoulli_nll").default
-        calls.append((f"vae_fast.bernoulli_nll(backend={b!r})", b,
-                      lambda b=b: functional.bernoulli_nll(x, t, backend=b)))
-        calls.append((f"torch.ops.{_backends._NAMESPACE[b]}.bernoulli_nll.default", b,
-                      lambda op=op: op(x, t, SUM, scale)))
+        name = _backends._NAMESPACE[b]
+        ns = getattr(torch.ops, name)
+        bce, sample = ns.bernoulli_nll.default, ns.sample_and_kl.default
+        for grad in (False, True):
+            a, c = (xg, lvg) if grad else (x, lv)
+            calls += [
+                DispatchCall(f"vae_fast.bernoulli_nll(backend={b!r}){grad_note[grad]}", b, "bernoulli_nll",
+                             grad, True, lambda a=a, b=b: functional.bernoulli_nll(a, t, backend=b)),
+                DispatchCall(f"torch.ops.{name}.bernoulli_nll.default{grad_note[grad]}", b, "bernoulli_nll",
+                             grad, False, lambda a=a, op=bce: op(a, t, SUM, scale)),
+                DispatchCall(f"vae_fast.sample_and_kl(backend={b!r}){grad_note[grad]}", b, "sample_and_kl",
+                             grad, True, lambda a=a, c=c, b=b: functional.sample_and_kl(a, c, backend=b)),
+                DispatchCall(f"torch.ops.{name}.sample_and_kl.default{grad_note[grad]}", b, "sample_and_kl",
+                             grad, False, lambda a=a, c=c, op=sample: op(a, c, philox, 1)),
+            ]
     return calls
 
 
+def dispatch_calls(device: torch.device, backends) -> list[tuple[str, str | None, Callable]]:
+    """(label, backend, callable) of every call of `_dispatch_specs`."""
+    return [(c.label, c.backend, c.fn) for c in _dispatch_specs(device, backends)]
+
+
 def dispatch_overhead(device: torch.device, backends, timer: TimerConfig) -> dict:
-    """Per-call wall time (microseconds) of the calls of `dispatch_calls`, timed with
+    """Per-call wall time (microseconds) of the calls of `_dispatch_specs`, timed with
     time.perf_counter over back-to-back calls and one synchronize at the end: on a GPU that is the
     host-side cost, since kernels on tiny tensors finish faster than the host issues them.
-    `python_layer_us[b]` = the public API minus the op called directly: the cost of vae_fast's
-    Python layer (argument checks, reduction and backend choice)."""
-    timer = dataclasses.replace(timer, repeats=max(timer.repeats, 5), min_sample_s=max(timer.min_sample_s, 0.02))
+    `us_per_call` is the median over the samples, `us_min` the fastest sample (host overhead on a
+    machine shared with other work: the least disturbed run).
+    `python_layer_us[b]` = the public bernoulli_nll minus the op called directly (fastest samples):
+    the cost of vae_fast's Python layer (argument checks, reduction and backend choice);
+    `python_layer_by_call[b]["<op>" or "<op> grad"]` the same for each op, with and without grad
+    (for sample_and_kl it includes drawing the Philox state)."""
+    # many short samples: on a shared machine some of them run undisturbed (us_min)
+    timer = dataclasses.replace(timer, repeats=max(timer.repeats, 100), min_sample_s=0.001)
     rows = []
-    for label, backend, fn in dispatch_calls(device, backends):
-        timing = measure(fn, device, timer, wall=True)
-        note = "interpreted (TRITON_INTERPRET=1)" if backend == "triton" and device.type == "cpu" else ""
-        rows.append({"call": label, "backend": backend, "us_per_call": timing.median_s * 1e6,
+    for c in _dispatch_specs(device, backends):
+        timing = measure(c.fn, device, timer, wall=True)
+        note = "interpreted (TRITON_INTERPRET=1)" if c.backend == "triton" and device.type == "cpu" else ""
+        rows.append({"call": c.label, "backend": c.backend, "op": c.op, "grad": c.grad, "api": c.api,
+                     "us_per_call": timing.median_s * 1e6, "us_min": min(timing.samples) * 1e6,
                      "calls": timing.number, "repeats": len(timing.samples), "note": note})
-    layer = {}
+    by_call = {}
     for b in backends:
-        api = next(r for r in rows if r["call"] == f"vae_fast.bernoulli_nll(backend={b!r})")
-        op = next(r for r in rows if r["backend"] == b and r["call"].startswith("torch.ops."))
-        layer[b] = api["us_per_call"] - op["us_per_call"]
-    return {"shape": list(DISPATCH_SHAPE), "dtype": "float32", "rows": rows, "python_layer_us": layer}
+        by_call[b] = {}
+        for op in DISPATCH_OPS:
+            for grad in (False, True):
+                api, direct = (next(r for r in rows if (r["backend"], r["op"], r["grad"], r["api"]) == (b, op, grad, a))
+                               for a in (True, False))
+                by_call[b][op + (" grad" if grad else "")] = api["us_min"] - direct["us_min"]
+    return {"shape": list(DISPATCH_SHAPE), "dtype": "float32", "rows": rows,
+            "python_layer_us": {b: by_call[b]["bernoulli_nll"] for b in backends},
+            "python_layer_by_call": by_call}
 
 
 # ---------------------------------------------------------------------------- the run
@@ -685,15 +732,18 @@ def format_table(rows) -> str:
 
 
 def format_dispatch(dispatch) -> str:
-    lines = [f"dispatch overhead: bernoulli_nll(reduction='mean') on {'x'.join(map(str, dispatch['shape']))} "
-             f"{dispatch['dtype']} tensors, microseconds per call"]
+    lines = [f"dispatch overhead: bernoulli_nll(reduction='mean') and sample_and_kl on "
+             f"{'x'.join(map(str, dispatch['shape']))} {dispatch['dtype']} tensors, microseconds per call "
+             f"(median, fastest sample); forward only"]
     width = max(len(r["call"]) for r in dispatch["rows"])
     for r in dispatch["rows"]:
-        lines.append(f"  {r['call'].ljust(width)}  {r['us_per_call']:10.1f} us  {r['note']}".rstrip())
-    for b, us in dispatch["python_layer_us"].items():
+        lines.append(f"  {r['call'].ljust(width)}  {r['us_per_call']:8.1f} us  {r['us_min']:8.1f} us  "
+                     f"{r['note']}".rstrip())
+    for b, layer in dispatch.get("python_layer_by_call", {}).items():
         note = next(r["note"] for r in dispatch["rows"] if r["backend"] == b)
-        lines.append(f"  Python layer of vae_fast ({b}): {us:.1f} us per call (API minus the op called "
-                     f"directly){', ' + note + ': interpreter noise' if note else ''}")
+        parts = ", ".join(f"{call} {us:.1f} us" for call, us in layer.items())
+        lines.append(f"  Python layer of vae_fast ({b}), API minus the op called directly (fastest): {parts}"
+                     f"{' (' + note + ': interpreter noise)' if note else ''}")
     return "\n".join(lines)
 
 

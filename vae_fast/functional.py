@@ -3,6 +3,7 @@ argument), picks the backend, and calls the op; "reference" runs vae_fast.refere
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from . import _validate as check
 from . import reference
@@ -40,56 +41,87 @@ def _generator(generator, device: torch.device):
     return generator
 
 
+def _promote(*tensors):
+    """Mixed floating dtypes follow torch's type promotion on every backend: the fused ops compute in
+    torch.result_type of their inputs (absent priors are None and do not count)."""
+    dtype = tensors[0].dtype
+    for t in tensors:  # a loop, not all(<generator>): half the cost, and this runs on every call
+        if t is not None and t.dtype != dtype:
+            break
+    else:
+        return tensors  # the common case: the dtypes already agree
+    for t in tensors:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def _one_sample(z: torch.Tensor, num_samples) -> torch.Tensor:
+    """The op returns (S, *mu.shape); without num_samples the caller gets mu.shape. A view (its
+    backward is a view too), not z[0], whose select_backward costs a zeros fill and a copy."""
+    return z.squeeze(0) if num_samples is None else z
+
+
 def _reference_eps(mu, num_samples, generator):
     shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
-    return torch.randn(shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    gen = {} if generator is None else {"generator": generator}  # see models.ReferenceOps.reparameterize
+    return torch.randn(shape, dtype=mu.dtype, device=mu.device, **gen)
 
 
-def reparameterize(mu, logvar, *, num_samples=None, generator=None, backend=None):
+def reparameterize(mu: Tensor, logvar: Tensor, *, num_samples: int | None = None,
+                   generator: torch.Generator | None = None, backend: str | None = None) -> Tensor:
     """z = mu + exp(0.5*logvar) * eps, eps ~ N(0, I) drawn inside the kernel (never stored).
 
     Returns mu's shape, or (num_samples, *mu.shape) when num_samples is given.
     """
     check.pair("mu", mu, "logvar", logvar)
     S = _num_samples(num_samples)
-    _generator(generator, mu.device)
-    ns = resolve(backend, mu.device)
+    device = mu.device
+    _generator(generator, device)
+    ns = resolve(backend, device)
+    mu, logvar = _promote(mu, logvar)
     if ns is None:
         return reference.reparameterize(mu, logvar, _reference_eps(mu, num_samples, generator))
-    z = ns.reparameterize(mu, logvar.to(mu.dtype), philox_state(mu.device, generator), S)
-    return z[0] if num_samples is None else z
+    return _one_sample(ns.reparameterize(mu, logvar, philox_state(device, generator), S), num_samples)
 
 
-def sample_and_kl(mu, logvar, *, num_samples=None, generator=None, backend=None):
+def sample_and_kl(mu: Tensor, logvar: Tensor, *, num_samples: int | None = None,
+                  generator: torch.Generator | None = None,
+                  backend: str | None = None) -> tuple[Tensor, Tensor]:
     """(z, kl_per_sample): reparameterized samples and KL(q || N(0, I)) summed over all dims but
     the first, in one kernel forward and one backward."""
     check.pair("mu", mu, "logvar", logvar)
     check.at_least_1d("mu", mu)
     S = _num_samples(num_samples)
-    _generator(generator, mu.device)
-    ns = resolve(backend, mu.device)
+    device = mu.device
+    _generator(generator, device)
+    ns = resolve(backend, device)
+    mu, logvar = _promote(mu, logvar)
     if ns is None:
         z = reference.reparameterize(mu, logvar, _reference_eps(mu, num_samples, generator))
         return z, reference.per_sample(reference.gaussian_kl(mu, logvar))
-    z, kl = ns.sample_and_kl(mu, logvar.to(mu.dtype), philox_state(mu.device, generator), S)
-    return (z[0] if num_samples is None else z), kl
+    z, kl = ns.sample_and_kl(mu, logvar, philox_state(device, generator), S)
+    return _one_sample(z, num_samples), kl
 
 
-def _prior(name, p, mu):
-    check.prior(name, p, "mu", mu)
+def _prior(p, mu):
     return None if p is None else p.to(mu.dtype).expand(mu.shape)
 
 
-def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None, *, reduction="sum", backend=None):
+def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None = None,
+                prior_logvar: Tensor | None = None, *, reduction: str = "sum",
+                backend: str | None = None) -> Tensor:
     """KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)), the standard normal when no prior is
     given; priors broadcast to mu's shape."""
     check.pair("mu", mu, "logvar", logvar)
     code, scale = _reduction_args(mu, check.reduction(reduction))
-    pmu, plv = _prior("prior_mu", prior_mu, mu), _prior("prior_logvar", prior_logvar, mu)
+    check.prior("prior_mu", prior_mu, "mu", mu)
+    check.prior("prior_logvar", prior_logvar, "mu", mu)
     ns = resolve(backend, mu.device)
+    mu, logvar, prior_mu, prior_logvar = _promote(mu, logvar, prior_mu, prior_logvar)
     if ns is None:
         return reference.reduce(reference.gaussian_kl(mu, logvar, prior_mu, prior_logvar), reduction)
-    return ns.gaussian_kl(mu, logvar.to(mu.dtype), pmu, plv, code, scale)
+    return ns.gaussian_kl(mu, logvar, _prior(prior_mu, mu), _prior(prior_logvar, mu), code, scale)
 
 
 PER_SAMPLE = "per_sample"  # internal reduction: ROWS (sum over all dims but the first), for FusedOps
@@ -103,9 +135,10 @@ def _bernoulli_nll(logits, target, reduction, backend):
     check.pair("logits", logits, "target", target)
     code, scale = _reduction_args(logits, reduction)
     ns = resolve(backend, logits.device)
+    logits, target = _promote(logits, target)
     if ns is None:
         return _reduce_reference(reference.bernoulli_nll(logits, target), reduction)
-    return ns.bernoulli_nll(logits, target.to(logits.dtype), code, scale)
+    return ns.bernoulli_nll(logits, target, code, scale)
 
 
 def _gaussian_nll(mean, logvar, target, reduction, backend):
@@ -113,34 +146,39 @@ def _gaussian_nll(mean, logvar, target, reduction, backend):
     check.prior("logvar", logvar, "mean", mean)
     code, scale = _reduction_args(mean, reduction)
     ns = resolve(backend, mean.device)
+    mean, logvar, target = _promote(mean, logvar, target)
     if ns is None:
         return _reduce_reference(reference.gaussian_nll(mean, logvar, target), reduction)
-    return ns.gaussian_nll(mean, logvar.to(mean.dtype).expand(mean.shape), target.to(mean.dtype), code, scale)
+    return ns.gaussian_nll(mean, logvar.expand(mean.shape), target, code, scale)
 
 
-def bernoulli_nll(logits, target, *, reduction="mean", backend=None):
+def bernoulli_nll(logits: Tensor, target: Tensor, *, reduction: str = "mean",
+                  backend: str | None = None) -> Tensor:
     """Binary cross-entropy on logits: a drop-in for F.binary_cross_entropy_with_logits
     (same values, same `reduction` meaning and default), plus reduction="batchmean"."""
     return _bernoulli_nll(logits, target, check.reduction(reduction), backend)
 
 
-def gaussian_nll(mean, logvar, target, *, reduction="mean", backend=None):
+def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, *, reduction: str = "mean",
+                 backend: str | None = None) -> Tensor:
     """-log N(target; mean, e^logvar) with the 0.5*log(2*pi) term; logvar broadcasts to mean."""
     return _gaussian_nll(mean, logvar, target, check.reduction(reduction), backend)
 
 
-def bernoulli_nll_per_sample(logits, target, *, backend=None):
+def bernoulli_nll_per_sample(logits: Tensor, target: Tensor, *, backend: str | None = None) -> Tensor:
     """bernoulli_nll summed over all dims but the first, in the kernel: shape (batch,)."""
     return _bernoulli_nll(logits, target, PER_SAMPLE, backend)
 
 
-def gaussian_nll_per_sample(mean, logvar, target, *, backend=None):
+def gaussian_nll_per_sample(mean: Tensor, logvar: Tensor, target: Tensor, *,
+                            backend: str | None = None) -> Tensor:
     """gaussian_nll summed over all dims but the first, in the kernel: shape (batch,)."""
     return _gaussian_nll(mean, logvar, target, PER_SAMPLE, backend)
 
 
-def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduction="batchmean",
-                  backend=None):
+def negative_elbo(logits: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, *, beta: float = 1.0,
+                  free_bits: float = 0.0, reduction: str = "batchmean",
+                  backend: str | None = None) -> Tensor:
     """-ELBO of a Bernoulli-decoder VAE: reconstruction NLL + beta * KL(q(z|x) || N(0, I)).
 
     reduction: "none" (per sample), "sum", "batchmean" / "mean" (per sample, averaged).
@@ -155,10 +193,10 @@ def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduct
     if free_bits < 0:
         raise ValueError(f"free_bits: expected >= 0, got {free_bits}")
     ns = resolve(backend, logits.device)
+    (logits, target), (mu, logvar) = _promote(logits, target), _promote(mu, logvar)
     if ns is None:
         return reference.negative_elbo(logits, target, mu, logvar, beta=beta, free_bits=free_bits,
                                        reduction=reduction)
-    target, logvar = target.to(logits.dtype), logvar.to(mu.dtype)
     batch = mu.shape[0]
     if free_bits > 0:
         if reduction == "none":

@@ -20,7 +20,10 @@ class ReferenceOps:
     name = "reference"
 
     def sample_and_kl(self, mu, logvar, generator=None):
-        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        # generator=None is not passed: torch.compile cannot trace randn(..., generator=None) with a
+        # dynamic batch size ("SymIntArrayRef expected to contain only concrete integers")
+        gen = {} if generator is None else {"generator": generator}
+        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, **gen)
         z = reference.reparameterize(mu, logvar, eps)
         return z, reference.per_sample(reference.gaussian_kl(mu, logvar))
 

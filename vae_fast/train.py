@@ -17,15 +17,19 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-from . import data as data_mod
 from . import reference
 from .models import DECODERS, VAE, ReferenceOps
 
+if TYPE_CHECKING:  # imported where used: .data needs numpy, of the `cli` extra (`vae-fast info` does not)
+    from . import data as data_mod
+
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # reduce-overhead: CUDA graphs of fwd and bwd
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLES_FILE = "samples.png"
@@ -54,6 +58,7 @@ class TrainConfig:
     backend: str = "reference"
     threads: int | None = None  # torch CPU threads per process; None: the cores / processes
     quiet: bool = False
+    compile: str = "off"  # torch.compile the model's training forward (and its backward) with this mode
 
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "batch_size", "latent", "hidden", "iw_samples"):
@@ -68,6 +73,8 @@ class TrainConfig:
             raise ConfigError(f"--seed: expected a non-negative integer, got {self.seed!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"--compile: expected one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"--decoder: expected one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if not isinstance(self.backend, str) or not self.backend:
@@ -217,6 +224,8 @@ def test_log_px(model: VAE, images: torch.Tensor, env: Dist, num_samples: int, s
 def train(config: TrainConfig, *, stdout=None) -> dict:
     """Trains and writes the outputs (rank 0); returns the metrics dict (the one in metrics.json)
     on every rank. Raises ConfigError / data.DataError on bad options or data."""
+    from . import data as data_mod
+
     t_start = time.perf_counter()
     config = dataclasses.replace(config).validate()
     stdout = stdout if stdout is not None else sys.stdout
@@ -234,6 +243,8 @@ def train(config: TrainConfig, *, stdout=None) -> dict:
 
 def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout, t_start) -> dict:
     from tqdm import tqdm
+
+    from . import data as data_mod
 
     threads = set_threads(config, env)
     verbose = env.main and not config.quiet
@@ -256,6 +267,13 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
         net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda"
                                       else None)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    step_net = net
+    if config.compile != "off":
+        # the fused ops are custom ops with fake kernels: the whole forward (and, through AOTAutograd,
+        # the backward) is one graph; "reduce-overhead" replays it as a CUDA graph (each replay draws
+        # fresh eps: the Philox state comes from torch's generator inside the graph)
+        step_net = torch.compile(net, mode=None if config.compile == "default" else config.compile)
+    mark_step = config.compile == "reduce-overhead" and env.device.type == "cuda"
 
     train_images = dataset.train.to(env.device)
     test_images = dataset.test.to(env.device)
@@ -272,7 +290,7 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
     say(f"vae-fast train: {dataset.source}; device {env.device}"
         f"{f' x {env.world_size} processes (DDP)' if env.distributed else ''}, {threads} CPU threads, "
         f"backend {config.backend}, {config.decoder} decoder, latent {config.latent}, "
-        f"hidden {config.hidden}")
+        f"hidden {config.hidden}{'' if config.compile == 'off' else f', torch.compile {config.compile}'}")
     history = []
     t_train = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -285,7 +303,9 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
                    file=sys.stderr, dynamic_ncols=True,
                    disable=None if verbose else True)  # None: only when stderr is a terminal
         for x in bar:
-            neg_elbo, _, _ = net(x)
+            if mark_step:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+            neg_elbo, _, _ = step_net(x)
             loss = neg_elbo.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -7,8 +7,8 @@
 // or sums. Sums: per block in the compute type, across blocks in double, always in the same order,
 // so results do not depend on the number of threads.
 //
-// The array loops are compiled three times (AVX-512, AVX2, baseline x86-64; GCC picks one at load
-// time) and call the branch-free float math of kernels/fastmath.h so that they vectorise.
+// The array loops are compiled three times (AVX-512, AVX2+FMA, baseline x86-64; GCC picks one at
+// load time) and call the branch-free float math of kernels/fastmath.h so that they vectorise.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -28,8 +28,14 @@
 #include "kernels/philox_x86.h"
 #include "kernels/vae_math.h"
 
+// x86-64-v3 (AVX2 + FMA; GCC >= 12 dispatches it by CPU features) makes fm::fma an FMA, so the
+// RNG's log is the GPU's bit for bit (docs/rng.md); GCC 11 gets AVX2 without FMA.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if __GNUC__ >= 12
+#define VAE_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#else
 #define VAE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 #else
 #define VAE_CLONES
 #endif

@@ -1,23 +1,38 @@
-// CUDA kernels of every vae_fast op (docs/ops.md), one launch per op direction (plus the memset of
-// the fp32/fp64 accumulator of reductions).
+// CUDA kernels of every vae_fast op (docs/ops.md): one launch per op direction, never a memset, no
+// host synchronisation.
 //
-// Each thread handles groups of 4 consecutive elements (one 4-wide load per input when the
-// pointers allow it), in grid-stride loops with int64 indices; a warp iterates together so that
-// warp reductions stay legal. Reductions: SUM sums per block and adds one atomic per block; ROWS
-// sums per warp when the warp's elements share a row, else per run of a row, with atomics into the
-// accumulator; the last block to finish writes the scaled sums in the output dtype.
+// Work is cut into pieces that depend only on the shape: rows of C elements (the ROWS reduction's
+// rows; one row of all elements otherwise), each row cut into pieces of at most kPiece elements.
+// One warp handles one piece at a time (grid-stride over pieces); in each 128-element step of a
+// piece, lane l takes the 4 consecutive elements 4l .. 4l+3. The whole steps of a piece whose rows
+// start aligned to 4 elements take the branch-free path, in pairs: the inputs of both steps are
+// loaded (one vector load per input), then computed, with no bounds checks. The rest of a piece
+// (its tail, or all of a misaligned piece) takes the guarded path, element by element.
+//
+// Reductions are deterministic, independent of the grid: a piece's sum is a per-lane sum in element
+// order, then a fixed warp tree. A row of one piece is written to the output by its warp; longer
+// rows write one partial per piece into a workspace, and the last block to finish (a counter taken
+// after __threadfence) sums each row's partials in piece order. The counters are a __device__
+// array (zero when the module loads) and atomicInc returns a counter to 0 when the last block takes
+// it, so no launch ever needs a zeroed buffer.
+//
 // The RNG state is read from the device `philox` tensor: no host synchronisation.
 //
 // Lean includes only (no <torch/extension.h>, no ATen/cuda/CUDAContext.h): see
 // shared/notes/build-notes.md.
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <map>
+#include <mutex>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -31,41 +46,73 @@
 namespace vae_fast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;                 // threads per block
+constexpr int kWarps = kThreads / vae::kWarp;  // warps per block
+constexpr int kStep = 4 * vae::kWarp;         // elements of one warp step (4 per lane)
+constexpr int64_t kPiece = 4096;              // elements per piece (32 steps)
+// register budget, __launch_bounds__(kThreads, kMinBlocks<S>): at most 65536 / (kThreads * 4) = 64
+// per thread so that 4 blocks (32 warps) fit on an SM; 128 for double, whose math needs more.
+// tests/test_sass.py checks the compiled kernels against it.
+template <class S> constexpr int kMinBlocks = sizeof(at::opmath_type<S>) == 8 ? 2 : 4;
 
 // ---------------------------------------------------------------------------------------------
-// loads and stores of 4 consecutive elements
+// loads and stores of the 4 consecutive elements of a lane
 
-template <class S> struct alignas(4 * sizeof(S)) Vec4 { S v[4]; };
+// The 4 elements as one (double: two) 16-byte or one 8-byte access of a plain vector type.
+template <class S> struct Raw4;
+template <> struct Raw4<double> { using type = ulonglong2; static constexpr int n = 2; };
+template <> struct Raw4<float> { using type = uint4; static constexpr int n = 1; };
+template <> struct Raw4<c10::Half> { using type = uint2; static constexpr int n = 1; };
+template <> struct Raw4<c10::BFloat16> { using type = uint2; static constexpr int n = 1; };
 
-// x[i .. i+3] as T (zeros past n or for a null pointer); one vector load when vec
+// x[i .. i+3] as T with one vector load (the branch-free path: in bounds, aligned)
+template <class T, class S> __device__ __forceinline__ void load4(const S* p, int64_t i, T out[4]) {
+  using R = typename Raw4<S>::type;
+  R raw[Raw4<S>::n];
+#pragma unroll
+  for (int h = 0; h < Raw4<S>::n; ++h) raw[h] = reinterpret_cast<const R*>(p + i)[h];
+  S v[4];
+  memcpy(v, raw, sizeof(v));
+#pragma unroll
+  for (int k = 0; k < 4; ++k) out[k] = static_cast<T>(v[k]);
+}
+
+// x[i .. i+valid) as T, zeros after (the guarded path)
 template <class T, class S>
-__device__ __forceinline__ void load4(const S* p, int64_t i, int64_t n, bool vec, T out[4]) {
+__device__ __forceinline__ void load4(const S* p, int64_t i, int valid, T out[4]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) out[k] = k < valid ? static_cast<T>(p[i + k]) : T(0);
+}
+
+// an input that may be absent (a prior): zeros for a null pointer
+template <class T, class S>
+__device__ __forceinline__ void load4_opt(const S* p, int64_t i, int valid, bool full, T out[4]) {
   if (p == nullptr) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) out[k] = T(0);
-  } else if (vec && i + 4 <= n) {
-    const Vec4<S> v = *reinterpret_cast<const Vec4<S>*>(p + i);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) out[k] = static_cast<T>(v.v[k]);
+  } else if (full) {
+    load4(p, i, out);
   } else {
-#pragma unroll
-    for (int k = 0; k < 4; ++k) out[k] = i + k < n ? static_cast<T>(p[i + k]) : T(0);
+    load4(p, i, valid, out);
   }
 }
 
+// p[i .. i+valid) = in; one vector store when full (then valid is 4)
 template <class T, class S>
-__device__ __forceinline__ void store4(S* p, int64_t i, int64_t n, bool vec, const T in[4]) {
-  if (p == nullptr) return;
-  if (vec && i + 4 <= n) {
-    Vec4<S> v;
+__device__ __forceinline__ void store4(S* p, int64_t i, int valid, bool full, const T in[4]) {
+  if (full) {
+    S v[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) v.v[k] = static_cast<S>(in[k]);
-    *reinterpret_cast<Vec4<S>*>(p + i) = v;
+    for (int k = 0; k < 4; ++k) v[k] = static_cast<S>(in[k]);
+    using R = typename Raw4<S>::type;
+    R raw[Raw4<S>::n];
+    memcpy(raw, v, sizeof(v));
+#pragma unroll  // __stwb (the default caching): a plain store was split into scalar stores
+    for (int h = 0; h < Raw4<S>::n; ++h) __stwb(reinterpret_cast<R*>(p + i) + h, raw[h]);
   } else {
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      if (i + k < n) p[i + k] = static_cast<S>(in[k]);
+      if (k < valid) p[i + k] = static_cast<S>(in[k]);
   }
 }
 
@@ -73,64 +120,111 @@ template <class S> bool aligned4(const S* p) {
   return p == nullptr || reinterpret_cast<uintptr_t>(p) % (4 * sizeof(S)) == 0;
 }
 
+// the sum of a lane's group, in one order on both paths (zeros past `valid` change nothing)
+template <class T> __device__ __forceinline__ T group_sum(const T v[4]) {
+  return (v[0] + v[1]) + (v[2] + v[3]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the partition into pieces
+
+struct Walk {
+  int64_t rows;
+  int64_t C;  // elements per row (all elements when there are no rows)
+  int64_t P;  // pieces per row, ceil(C / kPiece)
+  int64_t Q;  // pieces in all, rows * P
+  int vec;    // -1 when every row starts aligned to 4 elements in every tensor of the launch
+              // (C % 4 == 0, aligned pointers): whole steps take the vector path; else 0
+};
+
+Walk walk_of(int64_t rows, int64_t C, bool aligned) {
+  Walk w{rows, C, std::max<int64_t>(1, (C + kPiece - 1) / kPiece), 0,
+         aligned && C % 4 == 0 ? -1 : 0};
+  w.Q = rows * w.P;
+  TORCH_CHECK(w.P == 1 || w.Q <= int64_t(UINT32_MAX), "vae_fast: a tensor of ", rows * C,
+              " elements is too large for the CUDA kernels (at most 2^32 pieces of ", kPiece, ")");
+  return w;
+}
+
+struct Piece {
+  int64_t row, begin;  // its row; its first element
+  int len;             // its elements, at most kPiece
+};
+
+// piece q: one 32-bit division (w.Q < 2^32 when w.P > 1, checked on the host), none for short rows
+__device__ __forceinline__ Piece piece_of(const Walk& w, int64_t q) {
+  const int64_t row =
+      w.P == 1 ? q : static_cast<int64_t>(static_cast<uint32_t>(q) / static_cast<uint32_t>(w.P));
+  const int64_t start = (q - row * w.P) * kPiece;
+  return {row, row * w.C + start, static_cast<int>(min(w.C - start, kPiece))};
+}
+
+// Calls body(q, piece) for this warp's pieces; all lanes of a warp take the same pieces.
+template <class Body> __device__ __forceinline__ void for_pieces(const Walk& w, const Body& body) {
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  for (int64_t q = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / vae::kWarp; q < w.Q;
+       q += warps)
+    body(q, piece_of(w, q));
+}
+
+// Walks the lane's groups of a piece: pair(i) for each two whole steps (branch-free path, the
+// groups i and i + kStep), then one(i, valid) for the lane's remaining groups (guarded path).
+template <class Pair, class One>
+__device__ __forceinline__ void for_groups(const Walk& w, const Piece& pc, const Pair& pair,
+                                           const One& one) {
+  const int lane = threadIdx.x % vae::kWarp;
+  const int pairs = (pc.len / (2 * kStep)) & w.vec;  // a mask, not a branch: no predicate to keep
+  for (int s = 0; s < pairs; ++s) pair(pc.begin + s * 2 * kStep + 4 * lane);
+  for (int off = pairs * 2 * kStep + 4 * lane; off < pc.len; off += kStep)
+    one(pc.begin + off, min(4, pc.len - off));
+}
+
 // ---------------------------------------------------------------------------------------------
 // reductions
 
-// accumulators of a reduction: R sums (fp32, fp64 for double) then a block counter, zeroed
-template <class T> struct Acc {
-  T* sums;
-  unsigned* done;
-};
+// A __device__ variable per device, zeroed when the module loads; each launch that reduces across
+// blocks uses one counter and leaves it at 0 (atomicInc wraps).
+constexpr unsigned kCounters = 65536;
+__device__ unsigned g_counters[kCounters];
 
-template <class T> std::pair<at::Tensor, Acc<T>> make_acc(int64_t R, const at::Tensor& like) {
-  const int64_t bytes = R * static_cast<int64_t>(sizeof(T)) + static_cast<int64_t>(sizeof(T));
-  at::Tensor buf = at::zeros({bytes}, like.options().dtype(at::kByte));
-  T* sums = reinterpret_cast<T*>(buf.data_ptr<uint8_t>());
-  return {buf, Acc<T>{sums, reinterpret_cast<unsigned*>(sums + R)}};
-}
-
-// adds v[0..3] (elements i0.. of rows of C) into acc.sums[row]: one atomic per warp when every
-// element of the warp is in one row, else one per run of a row. All lanes of the warp call it.
-template <class T>
-__device__ __forceinline__ void add_rows(T* sums, int64_t i0, bool valid, int64_t n, int64_t C,
-                                         const T v[4]) {
-  const int lane = threadIdx.x % vae::kWarp;
-  const int64_t last = i0 + 3 < n ? i0 + 3 : n - 1;
-  int64_t r0 = valid ? i0 / C : 0, r3 = valid ? last / C : 0;
-  const int64_t lead = __shfl_sync(0xffffffffu, r0, 0);  // lane 0 is valid when any lane is
-  if (!valid) r0 = r3 = lead;
-  if (__all_sync(0xffffffffu, r0 == r3 && r0 == lead)) {
-    const T s = vae::warp_sum(v[0] + v[1] + v[2] + v[3]);
-    if (lane == 0) atomicAdd(sums + lead, s);
-    return;
-  }
-  if (!valid) return;
-  T run = 0;
-  int64_t row = r0;
-  for (int k = 0; k < 4 && i0 + k < n; ++k) {
-    const int64_t r = (i0 + k) / C;
-    if (r != row) {
-      atomicAdd(sums + row, run);
-      run = 0;
-      row = r;
-    }
-    run += v[k];
-  }
-  atomicAdd(sums + row, run);
-}
-
-// The last block to arrive writes out[r] = scale * sums[r] in the output dtype.
+// Ends a piece's sum: the warp's total, written to out[row] (a row of one piece) or to its partial.
 template <class T, class S>
-__device__ void finish_sums(Acc<T> acc, int64_t R, T scale, S* out) {
+__device__ __forceinline__ void piece_done(const Walk& w, int64_t q, const Piece& pc, T acc,
+                                           T scale, S* out, T* partials) {
+  acc = vae::warp_sum(acc);
+  if (threadIdx.x % vae::kWarp != 0) return;
+  if (w.P == 1)
+    out[pc.row] = static_cast<S>(scale * acc);
+  else
+    partials[q] = acc;
+}
+
+// After all pieces (every thread of every block calls it when w.P > 1): the last block to arrive
+// writes out[r] = scale * (the sum of row r's partials, in piece order).
+template <class T, class S>
+__device__ void finish_rows(const Walk& w, const T* partials, T scale, S* out, unsigned slot) {
   __shared__ bool last;
-  __threadfence();  // this block's atomics are visible before it counts itself done
+  __threadfence();  // this block's partials are visible before it counts itself done
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(acc.done, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) last = atomicInc(&g_counters[slot], gridDim.x - 1) == gridDim.x - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
-  for (int64_t r = threadIdx.x; r < R; r += blockDim.x)
-    out[r] = static_cast<S>(scale * static_cast<volatile T*>(acc.sums)[r]);
+  const int64_t rows = w.rows;
+  if (rows == 1) {  // the whole block: thread t sums partials t, t + kThreads, ...; a fixed tree
+    T s = 0;
+    for (int64_t p = threadIdx.x; p < w.P; p += kThreads) s += __ldcg(partials + p);
+    s = vae::block_sum(s);
+    if (threadIdx.x == 0) out[0] = static_cast<S>(scale * s);
+    return;
+  }
+  const int lane = threadIdx.x % vae::kWarp;
+  for (int64_t r = threadIdx.x / vae::kWarp; r < rows; r += kWarps) {  // a warp per row
+    T s = 0;
+    for (int64_t p = lane; p < w.P; p += vae::kWarp) s += __ldcg(partials + r * w.P + p);
+    s = vae::warp_sum(s);
+    if (lane == 0) out[r] = static_cast<S>(scale * s);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,13 +238,17 @@ struct GnllFwd {
     return vae::gauss_nll(x[0], x[1], x[2]);
   }
 };
+struct KlStdFwd {
+  template <class T> __device__ T operator()(const T* x) const { return vae::kl_std(x[0], x[1]); }
+};
 struct KlFwd {
-  bool prior;
+  static constexpr int kRequired = 2;  // the priors may be absent (null: zeros)
   template <class T> __device__ T operator()(const T* x) const {
-    return prior ? vae::kl(x[0], x[1], x[2], x[3]) : vae::kl_std(x[0], x[1]);
+    return vae::kl(x[0], x[1], x[2], x[3]);
   }
 };
 struct BceBwd {
+  static constexpr int kRequiredOut = 1;  // the target's gradient may be unwanted (null)
   template <class T> __device__ void operator()(T g, const T* x, T* o) const {
     o[0] = vae::bce_grad_logits(g, x[0], x[1]);
     o[1] = vae::bce_grad_target(g, x[0]);
@@ -161,18 +259,45 @@ struct GnllBwd {
     vae::gauss_nll_grad(g, x[0], x[1], x[2], &o[0], &o[1]);
   }
 };
-struct KlBwd {
-  bool prior;
+struct KlStdBwd {
   template <class T> __device__ void operator()(T g, const T* x, T* o) const {
-    if (prior) {
-      vae::kl_grad(g, x[0], x[1], x[2], x[3], &o[0], &o[1], &o[2]);
-    } else {
-      vae::kl_std_grad(g, x[0], x[1], &o[0], &o[1]);
-      o[2] = T(0);
-    }
+    vae::kl_std_grad(g, x[0], x[1], &o[0], &o[1]);
+  }
+};
+struct KlBwd {
+  static constexpr int kRequired = 2;
+  static constexpr int kRequiredOut = 2;  // the prior logvar's gradient may be unwanted
+  template <class T> __device__ void operator()(T g, const T* x, T* o) const {
+    vae::kl_grad(g, x[0], x[1], x[2], x[3], &o[0], &o[1], &o[2]);
   }
 };
 
+// inputs a functor needs: all of them unless it says how many (F::kRequired); the others may be
+// null pointers, read as zeros
+template <class F, class = void> struct Required { static constexpr int value = 1 << 30; };
+template <class F> struct Required<F, std::void_t<decltype(F::kRequired)>> {
+  static constexpr int value = F::kRequired;
+};
+template <class F, class = void> struct RequiredOut { static constexpr int value = 1 << 30; };
+template <class F> struct RequiredOut<F, std::void_t<decltype(F::kRequiredOut)>> {
+  static constexpr int value = F::kRequiredOut;
+};
+
+// input x[a] of a group: a required input is read directly, the others through load4_opt
+template <class F, class T, class S>
+__device__ __forceinline__ void load_input(int a, const S* p, int64_t i, int valid, bool full,
+                                           T out[4]) {
+  if (a < Required<F>::value) {
+    if (full)
+      load4(p, i, out);
+    else
+      load4(p, i, valid, out);
+  } else {
+    load4_opt(p, i, valid, full, out);
+  }
+}
+
+// input / output pointers of a loss kernel; only the KL's priors may be null
 template <class S> struct Ptrs {
   const S* p[4];
 };
@@ -180,181 +305,301 @@ template <class S> struct OutPtrs {
   S* p[3];
 };
 
-// grid-stride over groups of 4 with whole warps: calls body(i0, valid) for i0 = 4 * group
-template <class Body> __device__ __forceinline__ void for_groups(int64_t n, const Body& body) {
-  const int64_t groups = (n + 3) / 4;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t warp_first = first - threadIdx.x % vae::kWarp;
-  for (int64_t w = warp_first; w < groups; w += stride) {
-    const int64_t t = w + threadIdx.x % vae::kWarp;
-    body(4 * t, t < groups);
-  }
-}
+// ---------------------------------------------------------------------------------------------
+// kernels
 
-template <int NIN, class S, class F>
-__global__ void loss_forward_kernel(Ptrs<S> in, int64_t n, int64_t C, int64_t reduction,
-                                    at::opmath_type<S> scale, S* out, Acc<at::opmath_type<S>> acc,
-                                    int64_t R, bool vec, F f) {
+// An elementwise loss over NIN inputs: its terms (REDUCE false) or scale * their row sums.
+template <int NIN, bool REDUCE, class S, class F>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
+    loss_forward_kernel(Ptrs<S> in, Walk w, at::opmath_type<S> scale, S* out,
+                        at::opmath_type<S>* partials, unsigned slot, F f) {
   using T = at::opmath_type<S>;
-  T block_part = 0;
-  for_groups(n, [&](int64_t i0, bool valid) {
-    T x[NIN][4], v[4];
-#pragma unroll
-    for (int a = 0; a < NIN; ++a) load4(in.p[a], i0, n, vec, x[a]);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      T e[NIN];
-#pragma unroll
-      for (int a = 0; a < NIN; ++a) e[a] = x[a][k];
-      v[k] = valid && i0 + k < n ? f(e) : T(0);
-    }
-    if (reduction == kNone) {
-      if (valid) store4(out, i0, n, vec, v);
-    } else if (reduction == kSum) {
-      block_part += v[0] + v[1] + v[2] + v[3];
-    } else {
-      add_rows(acc.sums, i0, valid, n, C, v);
-    }
-  });
-  if (reduction == kNone) return;
-  if (reduction == kSum) {
-    block_part = vae::block_sum(block_part);
-    if (threadIdx.x == 0) atomicAdd(acc.sums, block_part);
-  }
-  finish_sums(acc, R, scale, out);
-}
-
-template <int NIN, int NOUT, class S, class F>
-__global__ void loss_backward_kernel(const S* grad, int64_t reduction, at::opmath_type<S> scale,
-                                     Ptrs<S> in, OutPtrs<S> out, int64_t n, int64_t C, bool vec,
-                                     F f) {
-  using T = at::opmath_type<S>;
-  for_groups(n, [&](int64_t i0, bool valid) {
-    if (!valid) return;
-    T x[NIN][4], g[4], o[NOUT][4];
-#pragma unroll
-    for (int a = 0; a < NIN; ++a) load4(in.p[a], i0, n, vec, x[a]);
-    if (reduction == kNone) {
-      load4(grad, i0, n, vec, g);
-    } else {
-#pragma unroll
-      for (int k = 0; k < 4; ++k)
-        g[k] = i0 + k < n ? scale * static_cast<T>(grad[reduction == kSum ? 0 : (i0 + k) / C]) : T(0);
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      T e[NIN], r[NOUT];
-#pragma unroll
-      for (int a = 0; a < NIN; ++a) e[a] = x[a][k];
-      f(g[k], e, r);
-#pragma unroll
-      for (int b = 0; b < NOUT; ++b) o[b][k] = r[b];
-    }
-#pragma unroll
-    for (int b = 0; b < NOUT; ++b) store4(out.p[b], i0, n, vec, o[b]);
-  });
-}
-
-// reparameterize / sample_and_kl forward: z for every sample and (KL) the KL row sums
-template <bool KL, class S>
-__global__ void sample_forward_kernel(const S* mu, const S* lv, const int64_t* philox,
-                                      int64_t samples, int64_t N, int64_t C, S* z,
-                                      Acc<at::opmath_type<S>> acc, int64_t R, S* kl, bool vec) {
-  using T = at::opmath_type<S>;
-  const uint64_t seed = static_cast<uint64_t>(philox[0]), offset = static_cast<uint64_t>(philox[1]);
-  for_groups(N, [&](int64_t j0, bool valid) {
-    T m[4], l[4], sd[4];
-    load4(valid ? mu : nullptr, j0, N, vec, m);
-    load4(valid ? lv : nullptr, j0, N, vec, l);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) sd[k] = vae::std_of(l[k]);
-    if constexpr (KL) {
+  for_pieces(w, [&](int64_t q, const Piece& pc) {
+    T acc = 0;
+    auto group = [&](int64_t i, int valid, bool full, T (&x)[NIN][4]) {
       T v[4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = valid && j0 + k < N ? vae::kl_std(m[k], l[k]) : T(0);
-      add_rows(acc.sums, j0, valid, N, C, v);
-    }
-    if (!valid) return;
-    for (int64_t s = 0; s < samples; ++s) {
-      float e[4];
-      vae::eps4(seed, offset, static_cast<uint64_t>(s * N + j0), e);
-      T out[4];
+      for (int k = 0; k < 4; ++k) {
+        T e[NIN];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) out[k] = vae::sample(m[k], sd[k], static_cast<T>(e[k]));
-      store4(z + s * N, j0, N, vec, out);
-    }
+        for (int a = 0; a < NIN; ++a) e[a] = x[a][k];
+        v[k] = k < valid ? f(e) : T(0);
+      }
+      if constexpr (REDUCE)
+        acc += group_sum(v);
+      else
+        store4(out, i, valid, full, v);
+    };
+    for_groups(
+        w, pc,
+        [&](int64_t i) {
+          T x[NIN][4], y[NIN][4];
+#pragma unroll
+          for (int a = 0; a < NIN; ++a) {
+            load_input<F>(a, in.p[a], i, 4, true, x[a]);
+            load_input<F>(a, in.p[a], i + kStep, 4, true, y[a]);
+          }
+          group(i, 4, true, x);
+          group(i + kStep, 4, true, y);
+        },
+        [&](int64_t i, int valid) {
+          T x[NIN][4];
+#pragma unroll
+          for (int a = 0; a < NIN; ++a) load_input<F>(a, in.p[a], i, valid, false, x[a]);
+          group(i, valid, false, x);
+        });
+    if constexpr (REDUCE) piece_done(w, q, pc, acc, scale, out, partials);
   });
-  if constexpr (KL) finish_sums(acc, R, at::opmath_type<S>(1), kl);
+  if constexpr (REDUCE)
+    if (w.P > 1) finish_rows(w, partials, scale, out, slot);
 }
 
-// reparameterize_backward / sample_and_kl_backward, replaying eps
-template <bool KL, class S>
-__global__ void sample_backward_kernel(const S* gz, const S* gkl, const S* mu, const S* lv,
-                                       const int64_t* philox, int64_t samples, int64_t N,
-                                       int64_t C, S* gmu, S* glv, bool vec) {
+// The gradients of an elementwise loss. GRAD_EACH: grad has an element per input element (NONE);
+// else g = scale * grad[0] (SUM, one row) or scale * grad[row] (ROWS), read once per piece.
+template <int NIN, int NOUT, bool GRAD_EACH, class S, class F>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
+    loss_backward_kernel(const S* grad, at::opmath_type<S> scale, Ptrs<S> in, OutPtrs<S> out,
+                         Walk w, F f) {
   using T = at::opmath_type<S>;
-  const uint64_t seed = static_cast<uint64_t>(philox[0]), offset = static_cast<uint64_t>(philox[1]);
-  for_groups(N, [&](int64_t j0, bool valid) {
-    if (!valid) return;
-    T l[4], sd[4], gm[4], gl[4];
-    load4(lv, j0, N, vec, l);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      sd[k] = vae::std_of(l[k]);
-      gm[k] = gl[k] = T(0);
-    }
-    if constexpr (KL) {  // start from grad_kl[row] * d kl / d (mu, logvar)
-      T m[4];
-      load4(mu, j0, N, vec, m);
+  for_pieces(w, [&](int64_t q, const Piece& pc) {
+    const T g_row = GRAD_EACH ? T(0) : scale * static_cast<T>(grad[pc.row]);
+    auto group = [&](int64_t i, int valid, bool full, T (&x)[NIN][4], const T (&g)[4]) {
+      T o[NOUT][4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const T gk = j0 + k < N ? static_cast<T>(gkl[(j0 + k) / C]) : T(0);
-        vae::kl_std_grad(gk, m[k], l[k], &gm[k], &gl[k]);
+        T e[NIN], r[NOUT];
+#pragma unroll
+        for (int a = 0; a < NIN; ++a) e[a] = x[a][k];
+        f(GRAD_EACH ? g[k] : g_row, e, r);
+#pragma unroll
+        for (int b = 0; b < NOUT; ++b) o[b][k] = r[b];
       }
-    }
-    for (int64_t s = 0; s < samples; ++s) {
-      float e[4];
-      vae::eps4(seed, offset, static_cast<uint64_t>(s * N + j0), e);
-      T g[4];
-      load4(gz + s * N, j0, N, vec, g);
+#pragma unroll
+      for (int b = 0; b < NOUT; ++b)
+        if (b < RequiredOut<F>::value || out.p[b] != nullptr)
+          store4(out.p[b], i, valid, full, o[b]);
+    };
+    for_groups(
+        w, pc,
+        [&](int64_t i) {
+          T x[NIN][4], y[NIN][4], gx[4] = {}, gy[4] = {};
+#pragma unroll
+          for (int a = 0; a < NIN; ++a) {
+            load_input<F>(a, in.p[a], i, 4, true, x[a]);
+            load_input<F>(a, in.p[a], i + kStep, 4, true, y[a]);
+          }
+          if constexpr (GRAD_EACH) {
+            load4(grad, i, gx);
+            load4(grad, i + kStep, gy);
+          }
+          group(i, 4, true, x, gx);
+          group(i + kStep, 4, true, y, gy);
+        },
+        [&](int64_t i, int valid) {
+          T x[NIN][4], g[4] = {};
+#pragma unroll
+          for (int a = 0; a < NIN; ++a) load_input<F>(a, in.p[a], i, valid, false, x[a]);
+          if constexpr (GRAD_EACH) load4(grad, i, valid, g);
+          group(i, valid, false, x, g);
+        });
+  });
+}
+
+// eps of the 4 elements of flat index j .. j+3 (docs/rng.md); aligned: j % 4 == 0
+__device__ __forceinline__ void eps_group(uint64_t seed, uint64_t offset, int64_t j, bool aligned,
+                                          float e[4]) {
+  if (aligned)
+    vae::randn4(seed, offset, static_cast<uint64_t>(j) >> 2, e);
+  else
+    vae::eps4(seed, offset, static_cast<uint64_t>(j), e);
+}
+
+// reparameterize / sample_and_kl forward: z for every sample and (KL) the KL row sums of mu/logvar
+template <bool KL, class S>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
+    sample_forward_kernel(const S* mu, const S* lv, const int64_t* philox, int64_t samples,
+                          int64_t N, Walk w, S* z, at::opmath_type<S>* partials, unsigned slot,
+                          S* kl) {
+  using T = at::opmath_type<S>;
+  const uint64_t seed = static_cast<uint64_t>(__ldg(philox));
+  const uint64_t offset = static_cast<uint64_t>(__ldg(philox + 1));
+  for_pieces(w, [&](int64_t q, const Piece& pc) {
+    T acc = 0;
+    auto group = [&](int64_t i, int valid, bool full, const T (&m)[4], const T (&l)[4]) {
+      T sd[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) sd[k] = vae::std_of(l[k]);
+      if constexpr (KL) {  // e^logvar as std * std: one exp per element, not two
+        T v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          v[k] = k < valid ? vae::kl_std_var(m[k], l[k], sd[k] * sd[k]) : T(0);
+        acc += group_sum(v);
+      }
+      int64_t j = i;  // flat index of element i of sample s: s * N + i
+      for (int64_t s = 0; s < samples; ++s, j += N) {
+        float e[4];
+        eps_group(seed, offset, j, full, e);
+        T out[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) out[k] = vae::sample(m[k], sd[k], static_cast<T>(e[k]));
+        store4(z, j, valid, full, out);
+      }
+    };
+    for_groups(
+        w, pc,
+        [&](int64_t i) {
+          T m[4], l[4], m2[4], l2[4];
+          load4(mu, i, m);
+          load4(lv, i, l);
+          load4(mu, i + kStep, m2);
+          load4(lv, i + kStep, l2);
+          group(i, 4, true, m, l);
+          group(i + kStep, 4, true, m2, l2);
+        },
+        [&](int64_t i, int valid) {
+          T m[4], l[4];
+          load4(mu, i, valid, m);
+          load4(lv, i, valid, l);
+          group(i, valid, false, m, l);
+        });
+    if constexpr (KL) piece_done(w, q, pc, acc, T(1), kl, partials);
+  });
+  if constexpr (KL)
+    if (w.P > 1) finish_rows(w, partials, at::opmath_type<S>(1), kl, slot);
+}
+
+// reparameterize_backward / sample_and_kl_backward, replaying eps: grad_logvar and (KL) grad_mu
+template <bool KL, class S>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
+    sample_backward_kernel(const S* gz, const S* gkl, const S* mu, const S* lv,
+                           const int64_t* philox, int64_t samples, int64_t N, Walk w, S* gmu,
+                           S* glv) {
+  using T = at::opmath_type<S>;
+  const uint64_t seed = static_cast<uint64_t>(__ldg(philox));
+  const uint64_t offset = static_cast<uint64_t>(__ldg(philox + 1));
+  for_pieces(w, [&](int64_t q, const Piece& pc) {
+    const T gk = KL ? static_cast<T>(gkl[pc.row]) : T(0);  // grad_kl of the piece's row
+    // g0: grad_z of sample 0, loaded by the caller before any RNG
+    auto group = [&](int64_t i, int valid, bool full, const T (&m)[4], const T (&l)[4],
+                     const T (&g0)[4]) {
+      T gm[4], gl[4], sd[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        gl[k] += vae::sample_grad_logvar(g[k], sd[k], static_cast<T>(e[k]));
-        gm[k] += g[k];
+        sd[k] = vae::std_of(l[k]);
+        gm[k] = gl[k] = T(0);
+        if constexpr (KL) vae::kl_std_grad_var(gk, m[k], sd[k] * sd[k], &gm[k], &gl[k]);
       }
-    }
-    store4(glv, j0, N, vec, gl);
-    if (KL) store4(gmu, j0, N, vec, gm);
+      int64_t j = i;
+      for (int64_t s = 0; s < samples; ++s, j += N) {
+        T g[4];
+        if (s == 0) {
+#pragma unroll
+          for (int k = 0; k < 4; ++k) g[k] = g0[k];
+        } else if (full) {
+          load4(gz, j, g);
+        } else {
+          load4(gz, j, valid, g);
+        }
+        float e[4];
+        eps_group(seed, offset, j, full, e);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          gl[k] += vae::sample_grad_logvar(g[k], sd[k], static_cast<T>(e[k]));
+          gm[k] += g[k];
+        }
+      }
+      store4(glv, i, valid, full, gl);
+      if constexpr (KL) store4(gmu, i, valid, full, gm);
+    };
+    for_groups(
+        w, pc,
+        [&](int64_t i) {
+          T m[4] = {}, l[4], g[4], m2[4] = {}, l2[4], g2[4];
+          load4(lv, i, l);
+          load4(lv, i + kStep, l2);
+          if constexpr (KL) {
+            load4(mu, i, m);
+            load4(mu, i + kStep, m2);
+          }
+          load4(gz, i, g);
+          load4(gz, i + kStep, g2);
+          group(i, 4, true, m, l, g);
+          group(i + kStep, 4, true, m2, l2, g2);
+        },
+        [&](int64_t i, int valid) {
+          T m[4] = {}, l[4], g[4];
+          load4(lv, i, valid, l);
+          if constexpr (KL) load4(mu, i, valid, m);
+          load4(gz, i, valid, g);
+          group(i, valid, false, m, l, g);
+        });
   });
 }
 
 // ---------------------------------------------------------------------------------------------
 // launchers
 
-int num_sms(int device) {
-  static int cache[64] = {0};
-  if (device < 0 || device >= 64) return 80;
-  if (cache[device] == 0) {
-    int n = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    cache[device] = n;
+// Blocks of a launch over w.Q pieces: no more than fit on the device at once (the occupancy API,
+// cached per kernel and device), no more than there are pieces for, at least 1.
+template <auto Kernel> int grid_for(const Walk& w, int device) {
+  static std::array<std::atomic<int>, 64> cache;  // zero-initialised: static storage
+  int resident = device >= 0 && device < 64 ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (resident == 0) {
+    int per_sm = 0, sms = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, kThreads, 0));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    resident = std::max(1, per_sm) * std::max(1, sms);
+    if (device >= 0 && device < 64) cache[device].store(resident, std::memory_order_relaxed);
   }
-  return cache[device];
+  const int64_t want = (w.Q + kWarps - 1) / kWarps;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, resident)));
 }
 
-// blocks for n elements in groups of 4: enough to fill the GPU, at least 1
-int blocks_for(int64_t n, const at::Tensor& like) {
-  const int64_t want = ((n + 3) / 4 + kThreads - 1) / kThreads;
-  const int64_t cap = static_cast<int64_t>(num_sms(like.get_device())) * 8;
-  return static_cast<int>(std::max<int64_t>(1, std::min(want, cap)));
+// The counter of a launch whose blocks combine partials. Launches that may run at the same time
+// must not share one: eager launches on one stream run one after the other and share that
+// stream's counter; a launch being captured into a CUDA graph gets a counter of its own for good
+// (its replays may run beside anything else).
+unsigned counter_slot(int device, cudaStream_t stream) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, cudaStream_t>, unsigned> of_stream;
+  static std::map<int, unsigned> used;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool eager = capture == cudaStreamCaptureStatusNone;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (eager) {
+    auto it = of_stream.find({device, stream});
+    if (it != of_stream.end()) return it->second;
+  }
+  unsigned& n = used[device];
+  TORCH_CHECK(n < kCounters, "vae_fast: all ", kCounters, " reduction counters of device ", device,
+              " are taken (one per stream, one per reduction captured into a CUDA graph)");
+  const unsigned slot = n++;
+  if (eager) of_stream[{device, stream}] = slot;
+  return slot;
+}
+
+// what a launch that reduces rows needs: partials (when rows have several pieces) and a counter
+template <class T> struct Reduction {
+  at::Tensor buf;  // keeps the partials alive until the launch is queued
+  T* partials = nullptr;
+  unsigned slot = 0;
+};
+template <class T>
+Reduction<T> reduction_for(const Walk& w, const at::Tensor& like, cudaStream_t stream) {
+  Reduction<T> r;
+  if (w.P == 1) return r;  // each warp writes its rows
+  r.buf = at::empty({w.Q}, like.options().dtype(c10::CppTypeToScalarType<T>::value));
+  r.partials = r.buf.template data_ptr<T>();
+  r.slot = counter_slot(like.get_device(), stream);
+  return r;
 }
 
 #define VAE_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-template <class S>
-const S* ptr_or_null(const at::Tensor& t) {
+template <class S> const S* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<S>() : nullptr;
 }
 
@@ -364,25 +609,31 @@ at::Tensor loss_forward(const std::array<at::Tensor, 4>& inputs, int64_t reducti
                         F f) {
   const at::Tensor& x = inputs[0];
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t n = x.numel(), R = reduction == kRows ? rows_of(x) : 1;
+  const int64_t n = x.numel();
   at::Tensor out = forward_out(x, reduction);
-  if (reduction != kNone && n == 0) return out.zero_();
-  if (n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  if (n == 0) return reduction != kNone ? out.zero_() : out;
+  const int device = x.get_device();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   VAE_DISPATCH(x.scalar_type(), "vae_fast.loss_forward", [&] {
     using T = at::opmath_type<scalar_t>;
     Ptrs<scalar_t> in{};
-    bool vec = aligned4(out.data_ptr<scalar_t>());
+    bool aligned = aligned4(out.data_ptr<scalar_t>()) || reduction != kNone;
     for (int a = 0; a < NIN; ++a) {
       in.p[a] = ptr_or_null<scalar_t>(inputs[a]);
-      vec = vec && aligned4(in.p[a]);
+      aligned = aligned && aligned4(in.p[a]);
     }
-    at::Tensor buf;
-    Acc<T> acc{nullptr, nullptr};
-    if (reduction != kNone) std::tie(buf, acc) = make_acc<T>(R, x);
-    loss_forward_kernel<NIN, scalar_t><<<blocks_for(n, x), kThreads, 0, stream>>>(
-        in, n, R ? n / R : 0, reduction, static_cast<T>(scale), out.data_ptr<scalar_t>(), acc, R,
-        vec, f);
+    const int64_t rows = reduction == kRows ? rows_of(x) : 1;
+    const Walk w = walk_of(rows, n / rows, aligned);
+    if (reduction == kNone) {
+      constexpr auto kernel = loss_forward_kernel<NIN, false, scalar_t, F>;
+      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+          in, w, T(1), out.data_ptr<scalar_t>(), nullptr, 0, f);
+    } else {
+      const Reduction<T> r = reduction_for<T>(w, x, stream);
+      constexpr auto kernel = loss_forward_kernel<NIN, true, scalar_t, F>;
+      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+          in, w, static_cast<T>(scale), out.data_ptr<scalar_t>(), r.partials, r.slot, f);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -396,23 +647,32 @@ void loss_backward(const at::Tensor& grad, const std::array<at::Tensor, 4>& inpu
   const int64_t n = x.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t R = rows_of(x), C = reduction == kRows ? n / R : n;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int device = x.get_device();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   VAE_DISPATCH(x.scalar_type(), "vae_fast.loss_backward", [&] {
     using T = at::opmath_type<scalar_t>;
     Ptrs<scalar_t> in{};
     OutPtrs<scalar_t> out{};
-    bool vec = aligned4(grad.data_ptr<scalar_t>()) || reduction != kNone;
+    bool aligned = reduction != kNone || aligned4(grad.data_ptr<scalar_t>());
     for (int a = 0; a < NIN; ++a) {
       in.p[a] = ptr_or_null<scalar_t>(inputs[a]);
-      vec = vec && aligned4(in.p[a]);
+      aligned = aligned && aligned4(in.p[a]);
     }
     for (int b = 0; b < NOUT; ++b) {
       out.p[b] = outputs[b].defined() ? outputs[b].data_ptr<scalar_t>() : nullptr;
-      vec = vec && aligned4(out.p[b]);
+      aligned = aligned && aligned4(out.p[b]);
     }
-    loss_backward_kernel<NIN, NOUT, scalar_t><<<blocks_for(n, x), kThreads, 0, stream>>>(
-        grad.data_ptr<scalar_t>(), reduction, static_cast<T>(scale), in, out, n, C, vec, f);
+    const int64_t rows = reduction == kRows ? rows_of(x) : 1;
+    const Walk w = walk_of(rows, n / rows, aligned);
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    if (reduction == kNone) {
+      constexpr auto kernel = loss_backward_kernel<NIN, NOUT, true, scalar_t, F>;
+      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(g, T(1), in, out, w, f);
+    } else {
+      constexpr auto kernel = loss_backward_kernel<NIN, NOUT, false, scalar_t, F>;
+      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+          g, static_cast<T>(scale), in, out, w, f);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -427,23 +687,26 @@ void sample(const SampleArgs& a, const at::Tensor& philox, int64_t num_samples) 
     return;
   }
   const at::Tensor ph = philox.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int device = a.mu.get_device();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   VAE_DISPATCH(a.mu.scalar_type(), "vae_fast.sample", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* pm = a.mu.data_ptr<scalar_t>();
     const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
     scalar_t* pz = a.z.data_ptr<scalar_t>();
-    const bool vec = N % 4 == 0 && aligned4(pm) && aligned4(pl) && aligned4(pz);
-    const int blocks = blocks_for(N, a.mu);
+    const bool aligned = aligned4(pm) && aligned4(pl) && aligned4(pz);
     if (with_kl) {
-      auto [buf, acc] = make_acc<T>(R, a.mu);
-      sample_forward_kernel<true, scalar_t><<<blocks, kThreads, 0, stream>>>(
-          pm, pl, ph.data_ptr<int64_t>(), num_samples, N, N / R, pz, acc, R,
-          a.kl.data_ptr<scalar_t>(), vec);
+      const Walk w = walk_of(R, N / R, aligned);
+      const Reduction<T> r = reduction_for<T>(w, a.mu, stream);
+      constexpr auto kernel = sample_forward_kernel<true, scalar_t>;
+      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+          pm, pl, ph.data_ptr<int64_t>(), num_samples, N, w, pz, r.partials, r.slot,
+          a.kl.data_ptr<scalar_t>());
     } else {
-      sample_forward_kernel<false, scalar_t><<<blocks, kThreads, 0, stream>>>(
-          pm, pl, ph.data_ptr<int64_t>(), num_samples, N, N, pz, Acc<T>{nullptr, nullptr}, 1,
-          nullptr, vec);
+      const Walk w = walk_of(1, N, aligned);
+      constexpr auto kernel = sample_forward_kernel<false, scalar_t>;
+      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+          pm, pl, ph.data_ptr<int64_t>(), num_samples, N, w, pz, nullptr, 0, nullptr);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -455,22 +718,26 @@ void sample_backward(const SampleGradArgs& a, const at::Tensor& philox, int64_t 
   const int64_t N = a.N, R = a.R;
   if (N == 0) return;
   const at::Tensor ph = philox.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int device = a.logvar.get_device();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   VAE_DISPATCH(a.logvar.scalar_type(), "vae_fast.sample_backward", [&] {
     const scalar_t* pgz = a.grad_z.data_ptr<scalar_t>();
     const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
     scalar_t* pgl = a.grad_logvar.data_ptr<scalar_t>();
-    bool vec = N % 4 == 0 && aligned4(pgz) && aligned4(pl) && aligned4(pgl);
+    const bool aligned = aligned4(pgz) && aligned4(pl) && aligned4(pgl);
     if (a.mu.defined()) {
       const scalar_t* pm = a.mu.data_ptr<scalar_t>();
       scalar_t* pgm = a.grad_mu.data_ptr<scalar_t>();
-      vec = vec && aligned4(pm) && aligned4(pgm);
-      sample_backward_kernel<true, scalar_t><<<blocks_for(N, a.logvar), kThreads, 0, stream>>>(
-          pgz, a.grad_kl.data_ptr<scalar_t>(), pm, pl, ph.data_ptr<int64_t>(), num_samples, N,
-          N / R, pgm, pgl, vec);
+      const Walk w = walk_of(R, N / R, aligned && aligned4(pm) && aligned4(pgm));
+      constexpr auto kernel = sample_backward_kernel<true, scalar_t>;
+      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+          pgz, a.grad_kl.data_ptr<scalar_t>(), pm, pl, ph.data_ptr<int64_t>(), num_samples, N, w,
+          pgm, pgl);
     } else {
-      sample_backward_kernel<false, scalar_t><<<blocks_for(N, a.logvar), kThreads, 0, stream>>>(
-          pgz, nullptr, nullptr, pl, ph.data_ptr<int64_t>(), num_samples, N, N, nullptr, pgl, vec);
+      const Walk w = walk_of(1, N, aligned);
+      constexpr auto kernel = sample_backward_kernel<false, scalar_t>;
+      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+          pgz, nullptr, nullptr, pl, ph.data_ptr<int64_t>(), num_samples, N, w, nullptr, pgl);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -483,8 +750,10 @@ at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
                        const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
                        double scale) {
   const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda);
-  return loss_forward<4>({a.mu, a.logvar, a.prior_mu, a.prior_logvar}, reduction, scale,
-                         KlFwd{a.has_prior()});
+  if (!a.has_prior())
+    return loss_forward<2>({a.mu, a.logvar, at::Tensor(), at::Tensor()}, reduction, scale,
+                           KlStdFwd{});
+  return loss_forward<4>({a.mu, a.logvar, a.prior_mu, a.prior_logvar}, reduction, scale, KlFwd{});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
@@ -494,9 +763,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
   const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda, &grad);
   const bool has_plv = a.prior_logvar.defined();
   at::Tensor gmu = grad_out(a.mu), glv = grad_out(a.mu), gplv = grad_out(a.mu, has_plv);
-  loss_backward<4, 3>(a.grad, {a.mu, a.logvar, a.prior_mu, a.prior_logvar},
-                      {gmu, glv, has_plv ? gplv : at::Tensor()}, reduction, scale,
-                      KlBwd{a.has_prior()});
+  if (!a.has_prior())
+    loss_backward<2, 2>(a.grad, {a.mu, a.logvar, at::Tensor(), at::Tensor()},
+                        {gmu, glv, at::Tensor()}, reduction, scale, KlStdBwd{});
+  else
+    loss_backward<4, 3>(a.grad, {a.mu, a.logvar, a.prior_mu, a.prior_logvar},
+                        {gmu, glv, has_plv ? gplv : at::Tensor()}, reduction, scale, KlBwd{});
   return {gmu, glv, gplv};
 }
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import functools
 import struct
+import unittest.mock
 from dataclasses import dataclass
 
 import torch
+import torch._library.triton
+from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
@@ -18,22 +21,35 @@ from . import kernels as k
 from .math import INTERPRETED
 
 NAMESPACE = "vae_fast_triton"
+TRITON_OP_TAKES_SCHEMA = torch.__version__ >= "2.14"  # earlier, triton_op infers it from annotations
 # elements per tile: 8 per thread at 8 warps on a GPU; the interpreter pays per tile, not per element
 MAX_TILE = 16384 if INTERPRETED else 2048
 INTERPRETER_PROGRAMS = 4  # few, so that the grid-stride loops run several tiles in tests
 
 
-def op(name):
-    """A triton_op, so torch.compile sees the kernels. Under TRITON_INTERPRET the kernels cannot be
-    traced into a graph, so the op stays opaque (a custom_op whose fake is the same function)."""
-    qualname = f"{NAMESPACE}::{name}"
-    if not INTERPRETED:
-        return triton_op(qualname, mutates_args=(), schema=SCHEMAS[name])
+def op(name: str):
+    """Defines the decorated function as the op `vae_fast_triton::<name>` with the schema of
+    _schemas.py, once its annotated signature is checked against that schema. A triton_op, so
+    torch.compile sees the kernels; under TRITON_INTERPRET the kernels cannot be traced into a graph,
+    so the op stays opaque (a custom_op whose fake is the same function)."""
+    qualname, schema = f"{NAMESPACE}::{name}", SCHEMAS[name]
 
     def define(fn):
-        custom = torch.library.custom_op(qualname, fn, mutates_args=(), schema=SCHEMAS[name])
-        custom.register_fake(fn)
-        return custom
+        # infer_schema spells every int SymInt; the schemas take plain ints (flags, counts)
+        inferred = torch.library.infer_schema(fn, mutates_args=()).replace("SymInt", "int")
+        if inferred != schema:
+            raise TypeError(f"{qualname}: the signature of {fn.__name__} gives the schema {inferred}, "
+                            f"expected {schema} (vae_fast/_schemas.py)")
+        if INTERPRETED:
+            custom = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
+            custom.register_fake(fn)
+            return custom
+        if TRITON_OP_TAKES_SCHEMA:
+            return triton_op(qualname, mutates_args=(), schema=schema)(fn)
+        # torch < 2.14: triton_op ignores schema= and infers one (ints as SymInt), so point its
+        # inference at our schema while it defines the op
+        with unittest.mock.patch.object(torch._library.triton, "infer_schema", lambda *a, **kw: schema):
+            return triton_op(qualname, mutates_args=())(fn)
 
     return define
 
@@ -129,7 +145,7 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction:
     (R, C). `out`: the reduced output of a forward reduction (its rows may be split over programs);
     None for backward kernels, which only read the reduced gradient."""
     if INTERPRETED and is_fake(like):
-        return  # wrap_triton hands interpreted kernels back raw: they can't run on fake tensors
+        return  # interpreted kernels run as they are (no wrap_triton), and not on fake tensors
     units_reduce = reduction != NONE and out is not None
     # traced with dynamic shapes, R and C are SymInts: unhashable, so no cache
     p = plan(R, C, units_reduce) if type(R) is int and type(C) is int else plan.__wrapped__(R, C, units_reduce)
@@ -143,9 +159,9 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction:
                          device=like.device)
         count = counter(like)
     grid = (min(p.n_units, max_programs(like.device)),)
-    wrap_triton(kernel)[grid](*tensors, ws, count, R, C, p.n_units, p.n_seg, p.tps, last,
-                              REDUCE=reduction != NONE, F64=like.dtype == torch.float64,
-                              **p.constexprs, **constexprs)
+    run = kernel if INTERPRETED else wrap_triton(kernel)  # torch < 2.14's rejects interpreted kernels
+    run[grid](*tensors, ws, count, R, C, p.n_units, p.n_seg, p.tps, last, REDUCE=reduction != NONE,
+              F64=like.dtype == torch.float64, **p.constexprs, **constexprs)
 
 
 def reduced_out(x: torch.Tensor, reduction: int) -> torch.Tensor:
@@ -170,7 +186,8 @@ def fast_rng(R: int, C: int) -> bool:
 # ---------------------------------------------------------------- losses
 
 @op("gaussian_kl")
-def gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction: int, scale: float):
+def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None, prior_logvar: Tensor | None,
+                reduction: int, scale: float) -> Tensor:
     mu, logvar = mu.contiguous(), logvar.contiguous()
     pmu = mu if prior_mu is None else prior_mu.contiguous()
     plv = mu if prior_logvar is None else prior_logvar.contiguous()
@@ -182,7 +199,9 @@ def gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction: int, scale: float
 
 
 @op("gaussian_kl_backward")
-def gaussian_kl_backward(grad, mu, logvar, prior_mu, prior_logvar, reduction: int, scale: float):
+def gaussian_kl_backward(grad: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Tensor | None,
+                         prior_logvar: Tensor | None, reduction: int,
+                         scale: float) -> tuple[Tensor, Tensor, Tensor]:
     grad, mu, logvar = grad.contiguous(), mu.contiguous(), logvar.contiguous()
     pmu = mu if prior_mu is None else prior_mu.contiguous()
     plv = mu if prior_logvar is None else prior_logvar.contiguous()
@@ -196,7 +215,7 @@ def gaussian_kl_backward(grad, mu, logvar, prior_mu, prior_logvar, reduction: in
 
 
 @op("bernoulli_nll")
-def bernoulli_nll(logits, target, reduction: int, scale: float):
+def bernoulli_nll(logits: Tensor, target: Tensor, reduction: int, scale: float) -> Tensor:
     logits, target = logits.contiguous(), target.contiguous()
     out = reduced_out(logits, reduction)
     R, C = rows_cols(logits, reduction)
@@ -205,7 +224,8 @@ def bernoulli_nll(logits, target, reduction: int, scale: float):
 
 
 @op("bernoulli_nll_backward")
-def bernoulli_nll_backward(grad, logits, target, reduction: int, scale: float, target_grad: bool):
+def bernoulli_nll_backward(grad: Tensor, logits: Tensor, target: Tensor, reduction: int, scale: float,
+                           target_grad: bool) -> tuple[Tensor, Tensor]:
     grad, logits, target = grad.contiguous(), logits.contiguous(), target.contiguous()
     glogits = torch.empty_like(logits)
     gtarget = torch.empty_like(target) if target_grad else logits.new_empty(0)
@@ -216,7 +236,7 @@ def bernoulli_nll_backward(grad, logits, target, reduction: int, scale: float, t
 
 
 @op("gaussian_nll")
-def gaussian_nll(mean, logvar, target, reduction: int, scale: float):
+def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, reduction: int, scale: float) -> Tensor:
     mean, logvar, target = mean.contiguous(), logvar.contiguous(), target.contiguous()
     out = reduced_out(mean, reduction)
     R, C = rows_cols(mean, reduction)
@@ -225,7 +245,8 @@ def gaussian_nll(mean, logvar, target, reduction: int, scale: float):
 
 
 @op("gaussian_nll_backward")
-def gaussian_nll_backward(grad, mean, logvar, target, reduction: int, scale: float):
+def gaussian_nll_backward(grad: Tensor, mean: Tensor, logvar: Tensor, target: Tensor, reduction: int,
+                          scale: float) -> tuple[Tensor, Tensor]:
     grad, mean, logvar, target = grad.contiguous(), mean.contiguous(), logvar.contiguous(), target.contiguous()
     gmean, glv = torch.empty_like(mean), torch.empty_like(logvar)
     R, C = rows_cols(mean, reduction)
@@ -260,20 +281,21 @@ def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int):
 
 
 @op("reparameterize")
-def reparameterize(mu, logvar, philox, num_samples: int):
+def reparameterize(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> Tensor:
     return sample(mu, logvar, philox, num_samples, with_kl=False)[0]
 
 
 @op("reparameterize_backward")
-def reparameterize_backward(grad_z, logvar, philox, num_samples: int):
+def reparameterize_backward(grad_z: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> Tensor:
     return sample_backward(grad_z, None, logvar, logvar, philox, num_samples)[1]
 
 
 @op("sample_and_kl")
-def sample_and_kl(mu, logvar, philox, num_samples: int):
+def sample_and_kl(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
     return sample(mu, logvar, philox, num_samples, with_kl=True)
 
 
 @op("sample_and_kl_backward")
-def sample_and_kl_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int):
+def sample_and_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, philox: Tensor,
+                           num_samples: int) -> tuple[Tensor, Tensor]:
     return sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples)
