@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh build test            # pytest on CUDA tensors, Triton compiled
 #   bash benchmarks/gpu_session.sh build sanitize        # compute-sanitizer memcheck + racecheck
 #   bash benchmarks/gpu_session.sh build bench [OPS...]  # vae-fast bench (full), report + plot
+#   bash benchmarks/gpu_session.sh build diag train      # toolchain + crash probe; train epoch times
 #
 # The GPU image has torch, triton, pytest, hypothesis and matplotlib but no mlxtend or expecttest:
 # carry them as wheels (carry=[".whl"]), fetched on the CPU machine with
@@ -54,6 +55,29 @@ bench() {  # remaining arguments: ops to run (default: all)
   cp -r benchmarks/results "$OUT/" 2>/dev/null || true
 }
 
+diag() {  # what the 2026-11-27 run could not explain: _C segfaulted formatting integer errors
+  { g++ --version | head -1; ldd vae_fast/_C*.so | grep -E 'stdc\+\+|gomp|torch_cpu'; } 2>&1 | tee "$OUT/toolchain.txt"
+  $PY -c 'import torch, vae_fast
+for bad in (torch.tensor([1.0, 2.0]), ):
+    try:
+        torch.ops.vae_fast.reparameterize(torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), bad, 1)
+    except RuntimeError as e:
+        print("ok:", str(e).splitlines()[0])' 2>&1 | tee "$OUT/diag.txt"
+  if [ "${PIPESTATUS[0]}" -ne 0 ] && command -v gdb > /dev/null; then
+    gdb -batch -ex run -ex bt --args $PY -c 'import torch, vae_fast; torch.ops.vae_fast.reparameterize(torch.zeros(3,dtype=torch.float64), torch.zeros(3,dtype=torch.float64), torch.tensor([1.0,2.0]), 1)' \
+      2>&1 | tail -40 | tee -a "$OUT/diag.txt"
+  fi
+}
+
+train() {  # epoch time of the MNIST VAE: eager vs torch.compile reduce-overhead (CUDA graphs), cuda backend
+  for mode in off reduce-overhead; do
+    $PY -m vae_fast train --device cuda --backend cuda --epochs 5 --iw-samples 20 --quiet \
+      --compile "$mode" --out "$OUT/train-$mode" 2>&1 | tail -3 | tee "$OUT/train-$mode.txt"
+    $PY -c "import json,sys; m=json.load(open('$OUT/train-$mode/metrics.json')); print('$mode', [round(e['seconds'],3) for e in m['epochs']], m['final'])" \
+      | tee -a "$OUT/train-times.txt"
+  done
+}
+
 deps
 while [ $# -gt 0 ]; do
   stage=$1; shift
@@ -61,8 +85,10 @@ while [ $# -gt 0 ]; do
     build) build ;;
     test) run_tests ;;
     sanitize) sanitize ;;
+    diag) diag ;;
+    train) train ;;
     bench) bench "$@"; break ;;
-    *) echo "unknown stage: $stage (build, test, sanitize, bench)" >&2; exit 2 ;;
+    *) echo "unknown stage: $stage (build, test, sanitize, diag, train, bench)" >&2; exit 2 ;;
   esac
 done
 exit $status
