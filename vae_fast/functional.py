@@ -190,6 +190,7 @@ def negative_elbo(logits: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, *,
     check.reduction(reduction)
     if mu.shape[0] != logits.shape[0]:
         raise ValueError(f"mu: expected batch size {logits.shape[0]} (of logits), got {mu.shape[0]}")
+    check.same_device("logits", logits, "mu", mu)
     if free_bits < 0:
         raise ValueError(f"free_bits: expected >= 0, got {free_bits}")
     ns = resolve(backend, logits.device)

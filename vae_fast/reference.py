@@ -57,7 +57,16 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Tensor:
 def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Elementwise -log Bernoulli(target; sigmoid(logits)), stable for any logit."""
     check.pair("logits", logits, "target", target)
-    return torch.clamp(logits, min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))
+    return _softplus(logits) - logits * target
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) for any x, with the exact derivative sigmoid(x) everywhere, x = 0 included: each
+    branch is smooth (max(x, 0) and |x| would give autograd a subgradient at 0), and each is fed an
+    input clamped to its own side, so the unused branch never overflows into a NaN gradient."""
+    pos = x > 0
+    xp, xn = torch.where(pos, x, 0.0), torch.where(pos, 0.0, x)  # not clamp: its gradient is 0 at 0
+    return torch.where(pos, xp + torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn)))
 
 
 def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

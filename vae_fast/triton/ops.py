@@ -150,8 +150,8 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction:
     # traced with dynamic shapes, R and C are SymInts: unhashable, so no cache
     p = plan(R, C, units_reduce) if type(R) is int and type(C) is int else plan.__wrapped__(R, C, units_reduce)
     if p.n_units == 0:
-        if units_reduce:
-            out.zero_()  # an empty sum
+        if units_reduce:  # an empty sum, times the scale: NaN for the mean of nothing, as in torch
+            out.fill_(0.0 * _DOUBLE.unpack(_INT64.pack(last))[0])
         return
     ws = count = tensors[0]  # stand-ins: a pointer is needed, never used without SPLIT
     if p.constexprs["SPLIT"]:
