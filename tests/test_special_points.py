@@ -48,3 +48,21 @@ def test_negative_elbo_refuses_mu_on_another_device(backend):
     mu = torch.zeros(2, 3, device="meta")
     with pytest.raises(RuntimeError, match="mu: expected a tensor on .* like logits, got meta"):
         vae_fast.negative_elbo(logits, logits, mu, mu, backend=backend)
+
+
+@pytest.mark.parametrize("name,call", [
+    ("bernoulli_nll", lambda x, b: vae_fast.bernoulli_nll(x, torch.sigmoid(x.detach()), reduction="sum", backend=b)),
+    ("gaussian_nll", lambda x, b: vae_fast.gaussian_nll(x, x, x.detach() * 0.5, reduction="sum", backend=b)),
+    ("gaussian_kl", lambda x, b: vae_fast.gaussian_kl(x, x * 0.5, reduction="sum", backend=b)),
+    ("sample_and_kl", lambda x, b: vae_fast.sample_and_kl(x, x * 0.5, backend=b)[1].sum()),
+    ("reparameterize", lambda x, b: vae_fast.reparameterize(x, x * 0.5, backend=b).sum()),
+])
+def test_triton_double_backward_is_a_clear_error(name, call):
+    """(issue 10.2) Differentiating the Triton backend's gradients raises, naming the way out; before,
+    an internal 'no autograd formula was registered' message."""
+    dev = need("triton")
+    x = torch.randn(3, 4, dtype=torch.float64, device=dev, requires_grad=True)
+    (g,) = torch.autograd.grad(call(x, "triton"), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=rf"vae_fast::{name}: double backward \(create_graph=True\) "
+                                           r"is not supported by backend 'triton'; use backend='reference'"):
+        torch.autograd.grad(g.sum(), x)

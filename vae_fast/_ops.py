@@ -91,3 +91,17 @@ def register(namespace: str, *, fakes: bool) -> None:
         return  # autograd in C++ (csrc/autograd.cpp): ~14 us per call cheaper than the Python one
     for name, (setup, backward) in _autograd(ns).items():
         torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
+    # The backward ops are not differentiable: differentiating their outputs (create_graph=True,
+    # Hessian-vector products) raises a clear error rather than an internal one or a silent zero.
+    backend = "triton" if namespace == "vae_fast_triton" else "cpu/cuda"
+    for name in SCHEMAS:
+        if name.endswith("_backward"):
+            torch.library.register_autograd(f"{namespace}::{name}", _no_double_backward(name[:-9], backend),
+                                            setup_context=lambda ctx, inputs, output: None)
+
+
+def _no_double_backward(op: str, backend: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"vae_fast::{op}: double backward (create_graph=True) is not supported by "
+                           f"backend '{backend}'; use backend='reference'")
+    return backward
