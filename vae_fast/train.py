@@ -11,6 +11,7 @@ Reproducible: the same config (seed included) on the same machine gives the same
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -235,9 +236,16 @@ def train(config: TrainConfig, *, stdout=None) -> dict:
     dataset = data_mod.load(config.data_dir)
     env = setup_distributed(config.device)
     try:
-        return _train(config, env, dataset, ops, stdout, t_start)
+        metrics = _train(config, env, dataset, ops, stdout, t_start)
+        if env.distributed:
+            dist.barrier()  # no rank tears its connections down while rank 0 still writes
+        return metrics
     finally:
         if env.owns_group and dist.is_initialized():
+            # DDP's reducer holds the gloo group and can sit in a reference cycle: free it now, or
+            # the group's worker threads die at interpreter exit ("terminate called without an
+            # active exception", SIGABRT; seen once in CI)
+            gc.collect()
             dist.destroy_process_group()
 
 
