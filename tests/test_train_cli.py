@@ -357,13 +357,15 @@ def _unusable_out(kind, tmp_path):
         return tmp_path / "f", f"--out {tmp_path / 'f'}: exists and is not a directory"
     if kind == "proc":
         return Path("/proc/vae-fast-out"), "--out /proc/vae-fast-out: cannot create a directory there"
+    if kind == "empty":
+        return "", "--out: expected a directory name, got ''"
     if kind == "read-only":
         (tmp_path / "ro").mkdir()
         (tmp_path / "ro").chmod(0o555)
         return tmp_path / "ro" / "out", f"--out {tmp_path / 'ro' / 'out'}: cannot create a directory there: Permission denied"
 
 
-@pytest.mark.parametrize("kind", ["under-a-file", "is-a-file", "proc", "read-only"])
+@pytest.mark.parametrize("kind", ["under-a-file", "is-a-file", "proc", "read-only", "empty"])
 def test_unusable_out_fails_before_training(kind, tmp_path, capsys, monkeypatch):
     if kind == "proc" and not os.path.isdir("/proc"):
         pytest.skip("no /proc on this system")

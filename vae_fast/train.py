@@ -100,6 +100,8 @@ class TrainConfig:
             raise ConfigError(f"--backend: expected a backend name, got {self.backend!r}")
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
             raise ConfigError(f"--data-dir {self.data_dir}: no such directory")
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError(f"--out: expected a directory name, got {self.out!r}")
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ConfigError(f"--out {self.out}: exists and is not a directory")
         return self
