@@ -55,8 +55,16 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Tensor:
         return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
     pmu = torch.zeros_like(mu) if prior_mu is None else prior_mu
     plv = torch.zeros_like(mu) if prior_logvar is None else prior_logvar
-    diff = mu - pmu
-    return 0.5 * (plv - logvar + (torch.exp(logvar) + diff * diff) * torch.exp(-plv) - 1.0)
+    # e^(lv - plv), not e^lv * e^-plv: inf * 0 = NaN at lv = 100, plv = 1e4 (docs/ops.md, Numerics)
+    q = _scaled(mu - pmu, plv)
+    return 0.5 * (plv - logvar + torch.exp(logvar - plv) + q * q - 1.0)
+
+
+def _scaled(d: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """d * exp(-v/2), whose square is d^2 * exp(-v) without its 0 * inf = NaN where d == 0 and
+    exp(-v) overflows: there it is an exact 0 with zero gradients, for any v (the exp is fed 0)."""
+    zero = d == 0
+    return torch.where(zero, 0.0, d) * torch.exp(torch.where(zero, 0.0, -0.5 * v))
 
 
 def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -82,8 +90,8 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor)
     check.same_device("target", target, "mean", mean)
     check.floating("logvar", logvar)
     check.prior("logvar", logvar, "target", target)
-    diff = target - mean
-    return 0.5 * (LOG_2PI + logvar + diff * diff * torch.exp(-logvar))
+    q = _scaled(target - mean, logvar)  # (target - mean)^2 e^-logvar is q^2, finite at target == mean
+    return 0.5 * (LOG_2PI + logvar + q * q)
 
 
 def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduction="none"):
