@@ -309,3 +309,105 @@ def test_every_backend_gives_the_same_outcome_on_cpu_tensors(case):
 @hypothesis.given(cases("cuda"))
 def test_every_backend_gives_the_same_outcome_on_cuda_tensors(case):
     same_outcome(case, "cuda")
+
+
+# ---------------------------------------------------------------- torch.compile
+
+COMPILE_ONCE = r"""
+import json, sys, torch, vae_fast
+from torch._dynamo.utils import counters
+from vae_fast.models import VAE, FusedOps
+torch._dynamo.config.error_on_recompile = True
+device, compile_backend = sys.argv[1], sys.argv[2]
+graphs = {}
+STEP = '''
+def step(x):
+    loss, rec, kl = model(x)
+    return loss.mean() + vae_fast.negative_elbo(x, x.sigmoid(), x[:, :4], x[:, 4:8], backend=backend)
+'''
+for backend in json.loads(sys.argv[3]):
+    torch.manual_seed(0)
+    model = VAE(in_dim=16, hidden=8, latent=4, ops=FusedOps(backend or "auto")).to(device)
+    x = torch.rand(4, 16, device=device)
+
+    scope = dict(model=model, vae_fast=vae_fast, backend=backend)
+    exec(compile(STEP, f"<step {backend}>", "exec"), scope)  # a new code object: dynamo caches per code object
+    step = scope["step"]
+
+    before = counters["stats"]["unique_graphs"]
+    compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
+    for _ in range(3):
+        compiled(x).backward()
+    graphs[str(backend)] = counters["stats"]["unique_graphs"] - before
+print(json.dumps(graphs))
+"""
+
+
+def test_compiling_a_step_compiles_once_in_a_fresh_process():
+    """(issue 10) A cold backend cache, in a fresh process, for the default (None, from
+    $VAE_FAST_BACKEND), "auto", and every backend here: one graph per compiled step, no recompilation
+    on the next calls (error_on_recompile). Before the constant-result mark on the cache: two."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    fused = [b for b in backends_here(dev)[1:]]
+    env = dict(os.environ, VAE_FAST_BACKEND=fused[0] if fused else "reference")
+    backends = [None, "auto", "reference", *fused]
+    compile_backend = "inductor" if dev == "cuda" else "aot_eager"
+    r = subprocess.run([sys.executable, "-c", COMPILE_ONCE, dev, compile_backend, json.dumps(backends)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {str(b): 1 for b in backends}
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_generator_under_torch_compile_breaks_the_graph_with_the_workaround(backend):
+    """(issue 10) generator= cannot be traced: without fullgraph the draw runs eagerly (same samples
+    as eager), with fullgraph=True the error names the workaround (before: dynamo's "Failed to
+    convert args/kwargs to proxy")."""
+    dev = torch.device("cpu") if backend == "reference" else need(backend)
+    torch._dynamo.reset()
+    g = torch.Generator(dev)
+    x = torch.randn(4, 3, device=dev)
+
+    def draw(x):
+        return vae_fast.reparameterize(x, x, generator=g, backend=backend) * 2
+
+    def draw_full(x):
+        return vae_fast.sample_and_kl(x, x, generator=g, backend=backend)[0] * 2
+
+    g.manual_seed(3)
+    compiled = torch.compile(draw, backend="aot_eager")(x)
+    g.manual_seed(3)
+    torch.testing.assert_close(compiled, draw(x), rtol=0, atol=0)
+    with pytest.raises(Exception, match=r"generator=: torch.compile cannot trace a torch.Generator.*"
+                                        r"call the function outside the compiled region, or seed the global RNG"):
+        torch.compile(draw_full, fullgraph=True, backend="aot_eager")(x)
+
+
+def test_use_backend_inside_and_around_a_compiled_function():
+    """(issue 10) use_backend inside a compiled function works under fullgraph=True; around one, the
+    compiled code follows the backend of each call (a guard, not a baked-in first choice)."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 3)
+    t = torch.rand(4, 3)
+    want = vae_fast.bernoulli_nll(x, t, backend="reference")
+
+    def inside(x):
+        with vae_fast.use_backend("reference"):
+            return vae_fast.bernoulli_nll(x, t)
+
+    torch.testing.assert_close(torch.compile(inside, fullgraph=True, backend="aot_eager")(x), want)
+
+    def around(x):
+        return vae_fast.bernoulli_nll(x, t)
+
+    compiled = torch.compile(around, fullgraph=True, backend="aot_eager")
+    with vae_fast.use_backend("reference"):
+        torch.testing.assert_close(compiled(x), want)
+    # a backend that cannot run CPU tensors: the compiled code must not reuse the reference's graph
+    with vae_fast.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda'"):
+        compiled(x)

@@ -38,7 +38,17 @@ def _generator(generator, device: torch.device):
         if generator.device.type != device.type:
             raise RuntimeError(f"generator: expected a generator on {device.type} (the tensors' device), "
                                f"got one on {generator.device}")
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace a Generator: break the graph here (the draw then runs eagerly), which
+            # torch.compile(fullgraph=True) reports with this message (torch._dynamo: loaded, compiling)
+            torch._dynamo.graph_break(msg=GENERATOR_UNDER_COMPILE)
     return generator
+
+
+GENERATOR_UNDER_COMPILE = (
+    "generator=: torch.compile cannot trace a torch.Generator, so the draw breaks the graph "
+    "(an error under fullgraph=True); call the function outside the compiled region, or seed the "
+    "global RNG (torch.manual_seed) and leave generator=None")
 
 
 def _promote(*tensors):
