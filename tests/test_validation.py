@@ -8,6 +8,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 import vae_fast
+from vae_fast._schemas import ROWS
 from helpers import device_of, need
 
 FUSED = ("cpu", "triton", "cuda")
@@ -157,7 +158,7 @@ def test_meta_tensors_give_shapes_on_every_backend_and_auto():
         lambda b: vae_fast.sample_and_kl(y, y, backend=b),
         lambda b: vae_fast.negative_elbo(x, x, y, y, reduction="none", backend=b),
     ]
-    fused = [b for b in ("cpu", "triton") if vae_fast.available_backends()[b].available]
+    fused = [b for b in ("cpu", "cuda", "triton") if vae_fast.available_backends()[b].available]
     for call in calls:
         want = call("reference")
         for backend in ["auto", None, *fused]:
@@ -166,11 +167,13 @@ def test_meta_tensors_give_shapes_on_every_backend_and_auto():
                 assert (g.device.type, g.shape, g.dtype) == ("meta", w.shape, w.dtype)
     # the fake kernels the fused ops use under torch.compile agree with the reference's shapes
     for backend in fused:
-        ns = vae_fast._backends.resolve(backend, torch.device("cpu"))
+        dev = device_of(backend)
+        ns = vae_fast._backends.resolve(backend, dev)
         with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
-            f = mode.from_tensor(torch.zeros(4, 3))
-            assert ns.bernoulli_nll(f, f, 2, 1.0).shape == (4,)
-            assert ns.reparameterize(f, f, torch.zeros(2, dtype=torch.int64), 5).shape == (5, 4, 3)
+            f = mode.from_tensor(torch.zeros(4, 3, device=dev))
+            p = mode.from_tensor(torch.zeros(2, dtype=torch.int64, device=dev))
+            assert ns.bernoulli_nll(f, f, ROWS, 1.0).shape == (4,)
+            assert ns.reparameterize(f, f, p, 5).shape == (5, 4, 3)
 
 
 # ---------------------------------------------------------------- property: one outcome on every backend
@@ -363,7 +366,7 @@ def test_compiling_a_step_compiles_once_in_a_fresh_process():
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {str(b): 1 for b in backends}
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton", "cuda"])
 def test_generator_under_torch_compile_breaks_the_graph_with_the_workaround(backend):
     """(issue 10) generator= cannot be traced: without fullgraph the draw runs eagerly (same samples
     as eager), with fullgraph=True the error names the workaround (before: dynamo's "Failed to
