@@ -29,9 +29,9 @@ inline void check_first(const at::Tensor& x, const char* name, Backend backend) 
 
 // optional prior argument: contiguous, or undefined when absent
 inline at::Tensor prior_arg(const std::optional<at::Tensor>& p, const char* name,
-                            const at::Tensor& mu) {
+                            const at::Tensor& mu, const char* mu_name = "mu") {
   if (!p.has_value() || !p->defined()) return at::Tensor();
-  check_like(*p, name, mu, "mu");
+  check_like(*p, name, mu, mu_name);
   return p->contiguous();
 }
 
@@ -44,9 +44,14 @@ inline at::Tensor loss_grad_arg(const at::Tensor* grad, const at::Tensor& x, con
   return grad->contiguous();
 }
 
-// the output of a loss forward op, shaped by the reduction
-inline at::Tensor forward_out(const at::Tensor& x, int64_t reduction) {
-  return at::empty(reduced_shape(x, reduction), x.options());
+// the output of a loss forward op, shaped by the reduction, of x's dtype or `out_dtype`: float32
+// for 16-bit x under autocast (vae_fast/_autocast.py); the kernels write it from their float32 math
+inline at::Tensor forward_out(const at::Tensor& x, int64_t reduction,
+                              std::optional<at::ScalarType> out_dtype = std::nullopt) {
+  const at::ScalarType t = out_dtype.value_or(x.scalar_type());
+  TORCH_CHECK(t == x.scalar_type() || (t == at::kFloat && x.element_size() == 2), "out_dtype: expected ",
+              x.scalar_type(), " (of the input) or float32 for a 16-bit input, got ", t);
+  return at::empty(reduced_shape(x, reduction), x.options().dtype(t));
 }
 
 // a gradient output shaped like x, or an empty tensor when it is not wanted (docs/ops.md)
@@ -169,14 +174,21 @@ inline KlArgs kl_args(const at::Tensor& mu, const at::Tensor& logvar,
 // ---- bernoulli_nll(_backward) ----
 struct BceArgs {
   at::Tensor logits, target, grad;  // contiguous; grad: backward ops
+  // contiguous, full size (an expanded view is copied: the kernels read every element at its flat
+  // index); undefined when absent
+  at::Tensor weight, pos_weight;
+  bool weighted() const { return weight.defined() || pos_weight.defined(); }
 };
 inline BceArgs bce_args(const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
-                        Backend backend, const at::Tensor* grad = nullptr) {
+                        Backend backend, const at::Tensor* grad = nullptr,
+                        const std::optional<at::Tensor>& weight = std::nullopt,
+                        const std::optional<at::Tensor>& pos_weight = std::nullopt) {
   check_first(logits, "logits", backend);
   check_like(target, "target", logits, "logits");
   check_reduction(reduction, logits, "logits");
   at::Tensor g = loss_grad_arg(grad, logits, "logits", reduction);
-  return {logits.contiguous(), target.contiguous(), g};
+  return {logits.contiguous(), target.contiguous(), g, prior_arg(weight, "weight", logits, "logits"),
+          prior_arg(pos_weight, "pos_weight", logits, "logits")};
 }
 
 // ---- gaussian_nll(_backward) ----

@@ -111,6 +111,26 @@ template <class T> VAE_HD T sigmoid(T x) {
 template <class T> VAE_HD T bce_grad_logits(T g, T x, T t) { return g * (sigmoid(x) - t); }
 template <class T> VAE_HD T bce_grad_target(T g, T x) { return -g * x; }
 
+// ---- weighted: F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw) ----
+// w * ((1 - t) x + (1 + (pw - 1) t) softplus(-x)) = w * (bce(x, t) + (pw - 1) t softplus(-x));
+// a separate formula so that the unweighted kernels stay as they are. softplus(-x) is
+// max(-x, 0) + log1p(exp(-|x|)).
+template <class T> VAE_HD T softplus_neg(T x) {
+  const T ax = x < T(0) ? -x : x;
+  return (x < T(0) ? -x : T(0)) + vlog1p(vexp(-ax));
+}
+template <class T> VAE_HD T bce_w(T x, T t, T w, T pw) {
+  return w * (bce(x, t) + (pw - T(1)) * t * softplus_neg(x));
+}
+// d/dx: w * ((sigmoid(x) - t) + (pw - 1) t (sigmoid(x) - 1)); d/dt: w * ((pw - 1) softplus(-x) - x)
+template <class T> VAE_HD T bce_w_grad_logits(T g, T x, T t, T w, T pw) {
+  const T s = sigmoid(x);
+  return g * w * ((s - t) + (pw - T(1)) * t * (s - T(1)));
+}
+template <class T> VAE_HD T bce_w_grad_target(T g, T x, T w, T pw) {
+  return g * w * ((pw - T(1)) * softplus_neg(x) - x);
+}
+
 // ---- Gaussian NLL: 0.5*(log(2*pi) + lv + (t - m)^2 * exp(-lv)) ----
 template <class T> VAE_HD T gauss_nll(T m, T lv, T t) {
   const T d = t - m;

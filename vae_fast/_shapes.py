@@ -15,9 +15,10 @@ def reduced(x: torch.Tensor, reduction: int):
     return ()
 
 
-def new(x: torch.Tensor, shape) -> torch.Tensor:
-    """A contiguous tensor like x (the ops always return contiguous outputs)."""
-    return torch.empty(shape, dtype=x.dtype, device=x.device)
+def new(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    """A contiguous tensor like x (the ops always return contiguous outputs); `dtype`: a forward
+    op's out_dtype (None: x's)."""
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device)
 
 
 def empty(x: torch.Tensor) -> torch.Tensor:
@@ -30,13 +31,17 @@ FAKES = {
     "sample_and_kl": lambda mu, logvar, philox, S: (new(mu, (S, *mu.shape)), new(mu, reduced(mu, ROWS))),
     "sample_and_kl_backward":
         lambda grad_z, grad_kl, mu, logvar, philox, S: (new(mu, mu.shape), new(logvar, logvar.shape)),
-    "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale: new(mu, reduced(mu, reduction)),
+    "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale, out_dtype=None:
+        new(mu, reduced(mu, reduction), out_dtype),
     "gaussian_kl_backward": lambda grad, mu, logvar, pmu, plv, reduction, scale: (
         new(mu, mu.shape), new(logvar, logvar.shape), new(mu, mu.shape) if plv is not None else empty(mu)),
-    "bernoulli_nll": lambda logits, target, reduction, scale: new(logits, reduced(logits, reduction)),
-    "bernoulli_nll_backward": lambda grad, logits, target, reduction, scale, target_grad: (
-        new(logits, logits.shape), new(target, target.shape) if target_grad else empty(logits)),
-    "gaussian_nll": lambda mean, logvar, target, reduction, scale: new(mean, reduced(mean, reduction)),
+    "bernoulli_nll": lambda logits, target, reduction, scale, weight=None, pos_weight=None, out_dtype=None:
+        new(logits, reduced(logits, reduction), out_dtype),
+    "bernoulli_nll_backward":
+        lambda grad, logits, target, reduction, scale, target_grad, weight=None, pos_weight=None: (
+            new(logits, logits.shape), new(target, target.shape) if target_grad else empty(logits)),
+    "gaussian_nll": lambda mean, logvar, target, reduction, scale, out_dtype=None:
+        new(mean, reduced(mean, reduction), out_dtype),
     "gaussian_nll_backward":
         lambda grad, mean, logvar, target, reduction, scale: (new(mean, mean.shape), new(logvar, logvar.shape)),
 }

@@ -131,14 +131,33 @@ def _reduce_reference(x, reduction):
     return reference.per_sample(x) if reduction == PER_SAMPLE else reference.reduce(x, reduction)
 
 
-def _bernoulli_nll(logits, target, reduction, backend):
+def _loss_weight(name, w, logits):
+    """weight / pos_weight of bernoulli_nll: broadcastable to logits, and (as in torch) not
+    differentiable."""
+    if w is None:
+        return
+    check.prior(name, w, "logits", logits)
+    if w.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"{name}: bernoulli_nll is not differentiable with respect to {name} (like "
+                           f"F.binary_cross_entropy_with_logits); expected requires_grad=False")
+
+
+def _bernoulli_nll(logits, target, reduction, backend, weight=None, pos_weight=None):
     check.pair("logits", logits, "target", target)
     code, scale = _reduction_args(logits, reduction)
     ns = resolve(backend, logits.device)
-    logits, target = _promote(logits, target)
+    if weight is None and pos_weight is None:  # the common case: nothing more to check or pass
+        logits, target = _promote(logits, target)
+        if ns is None:
+            return _reduce_reference(reference.bernoulli_nll(logits, target), reduction)
+        return ns.bernoulli_nll(logits, target, code, scale)
+    _loss_weight("weight", weight, logits)
+    _loss_weight("pos_weight", pos_weight, logits)
+    logits, target, weight, pos_weight = _promote(logits, target, weight, pos_weight)
     if ns is None:
-        return _reduce_reference(reference.bernoulli_nll(logits, target), reduction)
-    return ns.bernoulli_nll(logits, target, code, scale)
+        return _reduce_reference(reference.bernoulli_nll(logits, target, weight, pos_weight), reduction)
+    # stride-0 views: the kernels read weights of logits' shape (the op makes them contiguous)
+    return ns.bernoulli_nll(logits, target, code, scale, _prior(weight, logits), _prior(pos_weight, logits))
 
 
 def _gaussian_nll(mean, logvar, target, reduction, backend):
@@ -152,11 +171,13 @@ def _gaussian_nll(mean, logvar, target, reduction, backend):
     return ns.gaussian_nll(mean, logvar.expand(mean.shape), target, code, scale)
 
 
-def bernoulli_nll(logits: Tensor, target: Tensor, *, reduction: str = "mean",
+def bernoulli_nll(logits: Tensor, target: Tensor, weight: Tensor | None = None, *,
+                  pos_weight: Tensor | None = None, reduction: str = "mean",
                   backend: str | None = None) -> Tensor:
     """Binary cross-entropy on logits: a drop-in for F.binary_cross_entropy_with_logits
-    (same values, same `reduction` meaning and default), plus reduction="batchmean"."""
-    return _bernoulli_nll(logits, target, check.reduction(reduction), backend)
+    (same values, same `weight`, `pos_weight` (both broadcast to logits, fused into the kernel, not
+    differentiable), same `reduction` meaning and default), plus reduction="batchmean"."""
+    return _bernoulli_nll(logits, target, check.reduction(reduction), backend, weight, pos_weight)
 
 
 def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, *, reduction: str = "mean",

@@ -164,9 +164,10 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction:
               F64=like.dtype == torch.float64, **p.constexprs, **constexprs)
 
 
-def reduced_out(x: torch.Tensor, reduction: int) -> torch.Tensor:
-    """The forward output: elementwise, or the (scaled) sum / row sums the kernel writes once."""
-    return torch.empty(_shapes.reduced(x, reduction), dtype=x.dtype, device=x.device)
+def reduced_out(x: torch.Tensor, reduction: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The forward output: elementwise, or the (scaled) sum / row sums the kernel writes once; of
+    `dtype` (an op's out_dtype; tl.store converts the float32/64 result), else x's."""
+    return torch.empty(_shapes.reduced(x, reduction), dtype=dtype or x.dtype, device=x.device)
 
 
 def rows_cols(x: torch.Tensor, reduction: int):
@@ -187,11 +188,11 @@ def fast_rng(R: int, C: int) -> bool:
 
 @op("gaussian_kl")
 def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None, prior_logvar: Tensor | None,
-                reduction: int, scale: float) -> Tensor:
+                reduction: int, scale: float, out_dtype: torch.dtype | None = None) -> Tensor:
     mu, logvar = mu.contiguous(), logvar.contiguous()
     pmu = mu if prior_mu is None else prior_mu.contiguous()
     plv = mu if prior_logvar is None else prior_logvar.contiguous()
-    out = reduced_out(mu, reduction)
+    out = reduced_out(mu, reduction, out_dtype)
     R, C = rows_cols(mu, reduction)
     launch(k.kl_fwd, mu, R, C, (mu, logvar, pmu, plv, out), scale_bits(scale), reduction, out,
            HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None)
@@ -215,30 +216,47 @@ def gaussian_kl_backward(grad: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Ten
 
 
 @op("bernoulli_nll")
-def bernoulli_nll(logits: Tensor, target: Tensor, reduction: int, scale: float) -> Tensor:
+def bernoulli_nll(logits: Tensor, target: Tensor, reduction: int, scale: float, weight: Tensor | None = None,
+                  pos_weight: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     logits, target = logits.contiguous(), target.contiguous()
-    out = reduced_out(logits, reduction)
+    out = reduced_out(logits, reduction, out_dtype)
     R, C = rows_cols(logits, reduction)
-    launch(k.bce_fwd, logits, R, C, (logits, target, out), scale_bits(scale), reduction, out)
+    if weight is None and pos_weight is None:
+        launch(k.bce_fwd, logits, R, C, (logits, target, out), scale_bits(scale), reduction, out)
+        return out
+    # weights of logits' shape (possibly stride-0 expanded views): read contiguous, full size
+    w = logits if weight is None else weight.contiguous()
+    pw = logits if pos_weight is None else pos_weight.contiguous()
+    launch(k.bce_w_fwd, logits, R, C, (logits, target, w, pw, out), scale_bits(scale), reduction, out,
+           HAS_W=weight is not None, HAS_PW=pos_weight is not None)
     return out
 
 
 @op("bernoulli_nll_backward")
 def bernoulli_nll_backward(grad: Tensor, logits: Tensor, target: Tensor, reduction: int, scale: float,
-                           target_grad: bool) -> tuple[Tensor, Tensor]:
+                           target_grad: bool, weight: Tensor | None = None,
+                           pos_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     grad, logits, target = grad.contiguous(), logits.contiguous(), target.contiguous()
     glogits = torch.empty_like(logits)
     gtarget = torch.empty_like(target) if target_grad else logits.new_empty(0)
     R, C = rows_cols(logits, reduction)
-    launch(k.bce_bwd, logits, R, C, (grad, logits, target, glogits, gtarget if target_grad else glogits),
-           scale_bits(scale), reduction, TARGET_GRAD=target_grad)
+    outs = (glogits, gtarget if target_grad else glogits)
+    if weight is None and pos_weight is None:
+        launch(k.bce_bwd, logits, R, C, (grad, logits, target, *outs), scale_bits(scale), reduction,
+               TARGET_GRAD=target_grad)
+    else:
+        w = logits if weight is None else weight.contiguous()
+        pw = logits if pos_weight is None else pos_weight.contiguous()
+        launch(k.bce_w_bwd, logits, R, C, (grad, logits, target, w, pw, *outs), scale_bits(scale), reduction,
+               TARGET_GRAD=target_grad, HAS_W=weight is not None, HAS_PW=pos_weight is not None)
     return glogits, gtarget
 
 
 @op("gaussian_nll")
-def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, reduction: int, scale: float) -> Tensor:
+def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, reduction: int, scale: float,
+                 out_dtype: torch.dtype | None = None) -> Tensor:
     mean, logvar, target = mean.contiguous(), logvar.contiguous(), target.contiguous()
-    out = reduced_out(mean, reduction)
+    out = reduced_out(mean, reduction, out_dtype)
     R, C = rows_cols(mean, reduction)
     launch(k.gnll_fwd, mean, R, C, (mean, logvar, target, out), scale_bits(scale), reduction, out)
     return out
