@@ -9,11 +9,20 @@ are not on the dispatch path at all (autocast's keys are only active inside torc
 
 The backward ops take gradients of the inputs' dtype: autograd converts the float32 output gradient
 (a scalar or one value per row for a reduction; a full-size conversion for reduction "none").
-Sampling ops are not listed: z keeps its input's dtype, as under PyTorch's autocast.
+reparameterize is not listed: z keeps its input's dtype, as under PyTorch's autocast. sample_and_kl
+returns z and the per-sample KL from one kernel that writes both in the input dtype; under autocast
+with 16-bit inputs it runs as reparameterize (the same eps, so the same z bit for bit) plus
+gaussian_kl with a float32 output: two launches reading mu and logvar twice, and two backward ops,
+instead of one each (no kernel writes z and the KL in different dtypes).
+
+The reference backend (plain PyTorch) gets the same result dtypes from vae_fast.functional, which
+runs it on float32 copies of 16-bit inputs under autocast (`reference_inputs`).
 """
 from __future__ import annotations
 
 import torch
+
+from ._schemas import ROWS
 
 # forward ops with an out_dtype argument (vae_fast/_schemas.py)
 LOSS_OPS = ("bernoulli_nll", "gaussian_nll", "gaussian_kl")
@@ -32,12 +41,30 @@ def _kernel(op, device_type: str):
     return autocast
 
 
+def _sample_and_kl_kernel(ns, device_type: str):
+    def autocast(mu, logvar, philox, num_samples):
+        with torch.autocast(device_type, enabled=False):
+            if mu.dtype not in _HALF:
+                return ns.sample_and_kl(mu, logvar, philox, num_samples)
+            z = ns.reparameterize(mu, logvar, philox, num_samples)
+            return z, ns.gaussian_kl(mu, logvar, None, None, ROWS, 1.0, out_dtype=torch.float32)
+    return autocast
+
+
 def register(namespace: str) -> None:
     """Autocast kernels (CPU and CUDA) for the loss ops of `namespace`; once per namespace."""
     lib = torch.library.Library(namespace, "IMPL")
     ns = getattr(torch.ops, namespace)
-    for name in LOSS_OPS:
-        op = getattr(ns, name).default
-        for device_type, key in _KEYS.items():
-            lib.impl(name, _kernel(op, device_type), key)
+    for device_type, key in _KEYS.items():
+        for name in LOSS_OPS:
+            lib.impl(name, _kernel(getattr(ns, name).default, device_type), key)
+        lib.impl("sample_and_kl", _sample_and_kl_kernel(ns, device_type), key)
     _libraries.append(lib)
+
+
+def reference_inputs(device: torch.device, *tensors):
+    """The reference backend's inputs under autocast: float32 copies of 16-bit tensors (PyTorch's
+    own float32 policy for exp/sum/BCE), so that its results have the fused backends' dtypes."""
+    if not torch.is_autocast_enabled(device.type):
+        return tensors
+    return tuple(t.float() if t is not None and t.dtype in _HALF else t for t in tensors)
