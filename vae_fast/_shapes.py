@@ -15,10 +15,24 @@ def reduced(x: torch.Tensor, reduction: int):
     return ()
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout the loss kernels walk (csrc/args.h walk_format, triton/ops.py): a channels-last x
+    in its own memory order, so that its elementwise outputs and gradients are channels-last too;
+    anything else row-major."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def new(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
-    """A contiguous tensor like x (the ops always return contiguous outputs); `dtype`: a forward
-    op's out_dtype (None: x's)."""
-    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device)
+    """A tensor like x: contiguous, or in x's memory_format when it has x's shape (elementwise
+    outputs and gradients of the loss ops); `dtype`: a forward op's out_dtype (None: x's)."""
+    fmt = memory_format(x) if tuple(shape) == tuple(x.shape) else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
 
 
 def empty(x: torch.Tensor) -> torch.Tensor:
