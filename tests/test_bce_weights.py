@@ -111,6 +111,19 @@ def test_weight_gradient_refused_like_torch(backend, name):
         vae_fast.bernoulli_nll(x, t, **{name: wt}, backend=backend)
 
 
+@pytest.mark.parametrize("backend", FUSED)
+def test_op_refuses_weight_gradient(backend):
+    """The op itself (not only the Python layer) refuses a weight that requires grad."""
+    device = need(backend)
+    ns = getattr(torch.ops, NAMESPACE[backend])
+    x = torch.randn(3, 4, device=device, requires_grad=True)
+    t = torch.rand(3, 4, device=device)
+    for kw in ({"weight": torch.rand(3, 4, device=device, requires_grad=True)},
+               {"pos_weight": torch.rand(3, 4, device=device, requires_grad=True)}):
+        with pytest.raises(RuntimeError, match="not differentiable with respect to"):
+            ns.bernoulli_nll(x, t, SUM, 1.0, **kw)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_weight_shape_and_device(backend):
     device = device_for(backend)

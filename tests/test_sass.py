@@ -38,6 +38,7 @@ TENSORS = {
     ("loss_forward", "KlStdFwd"): 2, ("loss_forward", "KlFwd"): 4,
     ("loss_backward", "BceBwd"): 3, ("loss_backward", "GnllBwd"): 5,      # + 1 grad when NONE
     ("loss_backward", "KlStdBwd"): 4, ("loss_backward", "KlBwd"): 6,
+    ("loss_forward", "BceWFwd"): 4, ("loss_backward", "BceWBwd"): 5,      # + weight, pos_weight
 }
 DTYPES = {"float32": ("f", 4), "bfloat16": ("N3c108BFloat16E", 2)}
 
@@ -167,7 +168,7 @@ def float_kernels():
     if reason:
         pytest.skip(reason)
     rows = report(so_path())
-    assert len(rows) == 20, sorted((r["kernel"], r["variant"], r["reduction"]) for r in rows)
+    assert len(rows) == 24, sorted((r["kernel"], r["variant"], r["reduction"]) for r in rows)
     return rows
 
 
