@@ -167,3 +167,26 @@ def test_fused_backends_read_16bit_inputs_without_copies(backend, dtype):
         vae_fast.sample_and_kl(a, b, backend=backend)
         vae_fast.negative_elbo(a, t, b, c, backend=backend)
     assert all(n < a.numel() for n in mode.copies), mode.copies
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bernoulli_nll_loss_with_float32_weights(backend, dtype, device_type):
+    """BernoulliNLLLoss keeps float32 weight buffers; under autocast they are rounded to the logits'
+    16 bits (small tensors) instead of promoting the logits and target to float32 (full copies)."""
+    device = setup(backend, device_type)
+    x, = inputs((8, 3, 16), dtype, device, 1)
+    t = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)).to(dtype).to(device)
+    w = torch.rand(3, 1, device=device) + 0.5
+    pw = torch.rand(16, device=device) * 3
+    loss = vae_fast.nn.BernoulliNLLLoss(w, pw, backend=backend).to(device)
+    with torch.autocast(device_type, dtype=dtype), _Copies() as mode:
+        out = loss(x, t)
+    assert out.dtype == torch.float32
+    if backend != "reference":
+        assert all(n < x.numel() for n in mode.copies), mode.copies
+    ref = F.binary_cross_entropy_with_logits(x.double(), t.double(), w.double(), pos_weight=pw.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2 if dtype == torch.bfloat16 else 2e-3, atol=0)
+    (g,) = torch.autograd.grad(out, x)
+    assert g.dtype == dtype

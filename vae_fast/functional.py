@@ -156,6 +156,7 @@ def _bernoulli_nll(logits, target, reduction, backend, weight=None, pos_weight=N
         return ns.bernoulli_nll(logits, target, code, scale)
     _loss_weight("weight", weight, logits)
     _loss_weight("pos_weight", pos_weight, logits)
+    weight, pos_weight = _autocast.loss_weights(logits, weight, pos_weight)
     logits, target, weight, pos_weight = _promote(logits, target, weight, pos_weight)
     if ns is None:
         logits, target, weight, pos_weight = _autocast.reference_inputs(logits.device, logits, target, weight,
