@@ -190,3 +190,25 @@ def test_bernoulli_nll_loss_with_float32_weights(backend, dtype, device_type):
     torch.testing.assert_close(out.double(), ref, rtol=1e-2 if dtype == torch.bfloat16 else 2e-3, atol=0)
     (g,) = torch.autograd.grad(out, x)
     assert g.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_out_dtype_opcheck(backend):
+    """The ops' out_dtype argument (what the autocast kernels pass) under opcheck: schema, fakes,
+    autograd; and a float32 out_dtype for float32 inputs is the plain op, a float16 one refused."""
+    from vae_fast._schemas import NONE, ROWS, SUM
+    device = need(backend)
+    ns = getattr(torch.ops, {"triton": "vae_fast_triton", "cpu": "vae_fast", "cuda": "vae_fast"}[backend])
+    a, b, c = inputs((4, 6), torch.bfloat16, device, 3)
+    t = torch.rand(4, 6, device=device).to(torch.bfloat16)
+    for red in (NONE, SUM, ROWS):
+        kw = {"out_dtype": torch.float32}
+        torch.library.opcheck(ns.bernoulli_nll.default, (a, t, red, 0.5), kw)
+        torch.library.opcheck(ns.bernoulli_nll.default, (a, t, red, 0.5, c.detach(), None), kw)
+        torch.library.opcheck(ns.gaussian_nll.default, (a, b, c, red, 0.5), kw)
+        torch.library.opcheck(ns.gaussian_kl.default, (a, b, None, None, red, 0.5), kw)
+        assert ns.gaussian_kl(a, b, None, None, red, 0.5, out_dtype=torch.float32).dtype == torch.float32
+    x = torch.randn(4, 6, device=device)
+    assert ns.gaussian_kl(x, x, None, None, SUM, 1.0, out_dtype=torch.float32).dtype == torch.float32
+    with pytest.raises(RuntimeError, match="out_dtype: expected"):
+        ns.gaussian_kl(x, x, None, None, SUM, 1.0, out_dtype=torch.float16)

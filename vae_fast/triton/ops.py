@@ -167,6 +167,9 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction:
 def reduced_out(x: torch.Tensor, reduction: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The forward output: elementwise, or the (scaled) sum / row sums the kernel writes once; of
     `dtype` (an op's out_dtype; tl.store converts the float32/64 result), else x's."""
+    if dtype is not None and dtype != x.dtype and not (dtype == torch.float32 and x.element_size() == 2):
+        raise RuntimeError(f"out_dtype: expected {x.dtype} (of the input) or float32 for a 16-bit input, "
+                           f"got {dtype}")
     if reduction == NONE:
         return torch.empty_like(x, dtype=dtype or x.dtype)  # x's layout (memory_format)
     return torch.empty(_shapes.reduced(x, reduction), dtype=dtype or x.dtype, device=x.device)
