@@ -122,13 +122,19 @@ template <class T> VAE_HD T softplus_neg(T x) {
 template <class T> VAE_HD T bce_w(T x, T t, T w, T pw) {
   return w * (bce(x, t) + (pw - T(1)) * t * softplus_neg(x));
 }
-// d/dx: w * ((sigmoid(x) - t) + (pw - 1) t (sigmoid(x) - 1)); d/dt: w * ((pw - 1) softplus(-x) - x)
-template <class T> VAE_HD T bce_w_grad_logits(T g, T x, T t, T w, T pw) {
-  const T s = sigmoid(x);
-  return g * w * ((s - t) + (pw - T(1)) * t * (s - T(1)));
-}
-template <class T> VAE_HD T bce_w_grad_target(T g, T x, T w, T pw) {
-  return g * w * ((pw - T(1)) * softplus_neg(x) - x);
+// d/dx: w * ((sigmoid(x) - t) + (pw - 1) t (sigmoid(x) - 1)); d/dt: w * ((pw - 1) softplus(-x) - x);
+// both from one exp(-|x|) (sigmoid and softplus written out to share it)
+template <class T>
+VAE_HD void bce_w_grad(T g, T x, T t, T w, T pw, T* grad_logits, T* grad_target) {
+  const bool neg = x < T(0);
+  const T ax = neg ? -x : x;
+  const T e = vexp(-ax);
+  const T inv = vdiv12(T(1), T(1) + e);
+  const T s = neg ? e * inv : inv;
+  const T sp = (neg ? ax : T(0)) + vlog1p(e);
+  const T gw = g * w, pm1 = pw - T(1);
+  *grad_logits = gw * ((s - t) + pm1 * t * (s - T(1)));
+  *grad_target = gw * (pm1 * sp - x);
 }
 
 // ---- Gaussian NLL: 0.5*(log(2*pi) + lv + (t - m)^2 * exp(-lv)) ----

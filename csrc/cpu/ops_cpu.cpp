@@ -171,9 +171,14 @@ VAE_CLONES void bce_w_loop(const T* x, const T* t, const T* w, const T* pw, T* o
 template <class T>
 VAE_CLONES void bce_w_grad_loop(const T* g, const T* x, const T* t, const T* w, const T* pw, T* gx,
                                 T* gt, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) gx[i] = vae::bce_w_grad_logits(g[i], x[i], t[i], w[i], pw[i]);
-  if (gt)
-    for (int64_t i = 0; i < n; ++i) gt[i] = vae::bce_w_grad_target(g[i], x[i], w[i], pw[i]);
+  if (gt) {
+    for (int64_t i = 0; i < n; ++i) vae::bce_w_grad(g[i], x[i], t[i], w[i], pw[i], &gx[i], &gt[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      T unused;  // the target's gradient, not wanted: a dead store the compiler drops
+      vae::bce_w_grad(g[i], x[i], t[i], w[i], pw[i], &gx[i], &unused);
+    }
+  }
 }
 
 template <class T>

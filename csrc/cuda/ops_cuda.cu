@@ -233,12 +233,15 @@ __device__ void finish_rows(const Walk& w, const T* partials, T scale, S* out, u
 struct BceFwd {
   template <class T> __device__ T operator()(const T* x) const { return vae::bce(x[0], x[1]); }
 };
-// weighted: inputs (logits, target, weight, pos_weight); an absent weight (null, read as 0) is 1
-struct BceWFwd {
-  static constexpr int kRequired = 2;
-  bool has_w, has_pw;
+// weighted: inputs (logits, target, [weight if W], [pos_weight if PW]), all present (a null
+// pointer check per load would put a branch on the full-tile path); an absent weight is 1
+template <bool W, bool PW> struct BceW {
+  template <class T> __device__ static T weight(const T* x) { return W ? x[2] : T(1); }
+  template <class T> __device__ static T pos_weight(const T* x) { return PW ? x[2 + W] : T(1); }
+};
+template <bool W, bool PW> struct BceWFwd : BceW<W, PW> {
   template <class T> __device__ T operator()(const T* x) const {
-    return vae::bce_w(x[0], x[1], has_w ? x[2] : T(1), has_pw ? x[3] : T(1));
+    return vae::bce_w(x[0], x[1], this->weight(x), this->pos_weight(x));
   }
 };
 struct GnllFwd {
@@ -262,14 +265,10 @@ struct BceBwd {
     o[1] = vae::bce_grad_target(g, x[0]);
   }
 };
-struct BceWBwd {
-  static constexpr int kRequired = 2;
+template <bool W, bool PW> struct BceWBwd : BceW<W, PW> {
   static constexpr int kRequiredOut = 1;
-  bool has_w, has_pw;
   template <class T> __device__ void operator()(T g, const T* x, T* o) const {
-    const T w = has_w ? x[2] : T(1), pw = has_pw ? x[3] : T(1);
-    o[0] = vae::bce_w_grad_logits(g, x[0], x[1], w, pw);
-    o[1] = vae::bce_w_grad_target(g, x[0], w, pw);
+    vae::bce_w_grad(g, x[0], x[1], this->weight(x), this->pos_weight(x), &o[0], &o[1]);
   }
 };
 struct GnllBwd {
@@ -808,8 +807,14 @@ at::Tensor bernoulli_nll(const at::Tensor& logits, const at::Tensor& target, int
   if (!a.weighted())  // the unweighted kernels, unchanged
     return loss_forward<2>({a.logits, a.target, at::Tensor(), at::Tensor()}, reduction, scale,
                            BceFwd{}, out_dtype);
+  if (!a.pos_weight.defined())
+    return loss_forward<3>({a.logits, a.target, a.weight, at::Tensor()}, reduction, scale,
+                           BceWFwd<true, false>{}, out_dtype);
+  if (!a.weight.defined())
+    return loss_forward<3>({a.logits, a.target, a.pos_weight, at::Tensor()}, reduction, scale,
+                           BceWFwd<false, true>{}, out_dtype);
   return loss_forward<4>({a.logits, a.target, a.weight, a.pos_weight}, reduction, scale,
-                         BceWFwd{a.weight.defined(), a.pos_weight.defined()}, out_dtype);
+                         BceWFwd<true, true>{}, out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(
@@ -822,9 +827,15 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(
   if (!a.weighted())
     loss_backward<2, 2>(a.grad, {a.logits, a.target, at::Tensor(), at::Tensor()}, outs, reduction,
                         scale, BceBwd{});
+  else if (!a.pos_weight.defined())
+    loss_backward<3, 2>(a.grad, {a.logits, a.target, a.weight, at::Tensor()}, outs, reduction,
+                        scale, BceWBwd<true, false>{});
+  else if (!a.weight.defined())
+    loss_backward<3, 2>(a.grad, {a.logits, a.target, a.pos_weight, at::Tensor()}, outs, reduction,
+                        scale, BceWBwd<false, true>{});
   else
     loss_backward<4, 2>(a.grad, {a.logits, a.target, a.weight, a.pos_weight}, outs, reduction,
-                        scale, BceWBwd{a.weight.defined(), a.pos_weight.defined()});
+                        scale, BceWBwd<true, true>{});
   return {gx, gt};
 }
 
