@@ -62,11 +62,16 @@ def register(namespace: str) -> None:
     _libraries.append(lib)
 
 
+def _enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled raises for device types without autocast (meta, ...)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def loss_weights(logits: torch.Tensor, *weights):
     """bernoulli_nll's weight / pos_weight under autocast with 16-bit logits: in the logits' dtype
     (rounded to 16 bits; they are small, broadcast tensors), so that type promotion does not copy
     the logits and target up to float32 (the usual case: float32 buffers of BernoulliNLLLoss)."""
-    if logits.dtype not in _HALF or not torch.is_autocast_enabled(logits.device.type):
+    if logits.dtype not in _HALF or not _enabled(logits.device.type):
         return weights
     return tuple(None if w is None else w.to(logits.dtype) for w in weights)
 
@@ -74,6 +79,6 @@ def loss_weights(logits: torch.Tensor, *weights):
 def reference_inputs(device: torch.device, *tensors):
     """The reference backend's inputs under autocast: float32 copies of 16-bit tensors (PyTorch's
     own float32 policy for exp/sum/BCE), so that its results have the fused backends' dtypes."""
-    if not torch.is_autocast_enabled(device.type):
+    if not _enabled(device.type):
         return tensors
     return tuple(t.float() if t is not None and t.dtype in _HALF else t for t in tensors)
