@@ -16,6 +16,7 @@ from .functional import (
     reparameterize,
     sample_and_kl,
 )
+from .distributions import DiagonalGaussian
 
 # the Triton backend loads on first use (vae_fast/_triton_loader.py): importing it costs seconds
 if _native.available():
@@ -23,5 +24,5 @@ if _native.available():
 
 __all__ = [
     "available_backends", "use_backend", "reparameterize", "sample_and_kl", "gaussian_kl",
-    "bernoulli_nll", "gaussian_nll", "negative_elbo",
+    "bernoulli_nll", "gaussian_nll", "negative_elbo", "DiagonalGaussian",
 ]
