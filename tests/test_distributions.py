@@ -201,3 +201,126 @@ def test_sample_then_kl_reuses_the_fused_kl_only_in_the_same_grad_mode(backend):
     kl = d.kl()
     assert kl.requires_grad
     close(kl, twin_kl(mean.detach().double(), logvar.detach().double(), [1, 2, 3]), torch.float32, scale=50)
+
+
+# ---- the logvar clamp inside the sampling and KL ops (logvar_min, logvar_max) ----
+NAMESPACE = {"triton": "vae_fast_triton", "cpu": "vae_fast", "cuda": "vae_fast"}
+BOUNDS = [(-30.0, 20.0), (None, 0.5), (-0.5, None), (0.25, 0.25)]
+
+
+def _clamp_inputs(device, dtype, shape=(3, 5, 7)):
+    g = torch.Generator().manual_seed(1)
+    mu = torch.randn(shape, generator=g, dtype=torch.float64)
+    lv = 2 * torch.randn(shape, generator=g, dtype=torch.float64)
+    lv.view(-1)[::5] = 60.0
+    lv.view(-1)[2::7] = -45.0
+    return [t.to(dtype).to(device).requires_grad_() for t in (mu, lv)]
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("lo,hi", BOUNDS)
+def test_ops_clamp_equals_op_on_clamped_logvar(backend, dtype, lo, hi):
+    """op(mu, logvar, ..., lo, hi) == op(mu, torch.clamp(logvar, lo, hi), ...): values, and gradients
+    with torch.clamp's backward (zero outside the bounds), for every sampling and KL op."""
+    from vae_fast._ops import philox_state
+    from vae_fast._schemas import NONE, ROWS, SUM
+
+    device = need(backend)
+    ns = getattr(torch.ops, NAMESPACE[backend])
+    mu, lv = _clamp_inputs(device, dtype)
+    pmu, plv = (t.detach() for t in _clamp_inputs(device, dtype, (3, 5, 7)))
+    philox = philox_state(device)
+    calls = [
+        ("reparameterize", lambda l, *b: ns.reparameterize(mu, l, philox, 2, *b)),
+        ("sample_and_kl", lambda l, *b: ns.sample_and_kl(mu, l, philox, 1, *b)),
+    ] + [(f"gaussian_kl r{r}", lambda l, *b, r=r: ns.gaussian_kl(mu, l, None, None, r, 0.5, *b))
+         for r in (NONE, SUM, ROWS)] + [
+        ("gaussian_kl prior", lambda l, *b: ns.gaussian_kl(mu, l, pmu, plv.clamp(-3, 3), ROWS, 1.0, *b))]
+    for name, call in calls:
+        out = call(lv, lo, hi)
+        lv2 = lv.detach().clone().requires_grad_()
+        ref = call(reference_clamp(lv2, lo, hi))
+        outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
+        for o, r in zip(outs, refs):
+            torch.testing.assert_close(o, r, rtol=0, atol=0, msg=f"{name} forward")
+        grads = [torch.randn(o.shape, dtype=dtype, device=device) for o in outs]
+        g1 = torch.autograd.grad(outs, (mu, lv), grads)
+        g2 = torch.autograd.grad(refs, (mu, lv2), grads)
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{name} backward")
+        outside = (lv.detach() < (lo if lo is not None else -math.inf)) | (lv.detach() > (hi if hi is not None else math.inf))
+        assert outside.any() and (g1[1][outside] == 0).all(), name
+        assert (~outside).sum() <= 1 or (g1[1][~outside] != 0).any(), name
+
+
+def reference_clamp(lv, lo, hi):
+    return vae_fast.reference.clamp_logvar(lv, lo, hi)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_ops_clamp_opcheck_and_bad_bounds(backend):
+    from vae_fast._ops import philox_state
+    from vae_fast._schemas import ROWS
+
+    device = need(backend)
+    ns = getattr(torch.ops, NAMESPACE[backend])
+    mu, lv = _clamp_inputs(device, torch.float32, (4, 6))
+    p = philox_state(device)
+    g = torch.randn(4, device=device)
+    for op, args in (("reparameterize", (mu, lv, p, 2, -1.0, 1.0)), ("sample_and_kl", (mu, lv, p, 1, None, 1.0)),
+                     ("gaussian_kl", (mu, lv, None, None, ROWS, 1.0, -1.0, None)),
+                     ("gaussian_kl", (mu, lv, mu.detach(), lv.detach(), ROWS, 1.0, -1.0, 1.0)),
+                     ("sample_and_kl_backward", (torch.randn(1, 4, 6, device=device), g, mu.detach(), lv.detach(),
+                                                 p, 1, -1.0, 1.0)),
+                     ("gaussian_kl_backward", (g, mu.detach(), lv.detach(), None, None, ROWS, 1.0, -1.0, 1.0))):
+        torch.library.opcheck(getattr(ns, op).default, args)
+    if backend != "triton":  # the native ops check their bounds (the Python layer checks them first)
+        with pytest.raises(RuntimeError, match="logvar_min: expected a number <= logvar_max"):
+            ns.gaussian_kl(mu, lv, None, None, ROWS, 1.0, 2.0, 1.0)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("shape,dims", [((2, 4, 8, 8), None), ((2, 4, 3, 4, 4), [1, 2, 3])])
+def test_compiles_once_fullgraph_and_resamples(backend, shape, dims):
+    """posterior.sample() + kl() under torch.compile(fullgraph=True): one compile, fresh eps per call,
+    the eager values with the same generator state."""
+    device = need(backend)
+    torch._dynamo.reset()
+    compile_backend = "inductor" if device.type == "cuda" else "aot_eager"
+    mean, logvar = inputs(shape, torch.float32, device)
+
+    def step(mean, logvar):
+        d = DiagonalGaussian(mean, logvar, dims=dims, backend=backend)
+        z = d.sample()
+        return z, d.kl()
+
+    compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        torch.manual_seed(0)
+        z1, kl1 = compiled(mean, logvar)
+        z2, _ = compiled(mean, logvar)
+        (z1.sum() + kl1.sum()).backward()
+    assert not torch.equal(z1, z2)
+    torch.manual_seed(0)
+    z_eager, kl_eager = step(mean, logvar)
+    torch.testing.assert_close(z1, z_eager)
+    torch.testing.assert_close(kl1, kl_eager)
+    assert torch.isfinite(logvar.grad).all() and (logvar.grad.view(-1)[::7] == 0).all()
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_ops_clamp_gradient_is_zero_on_the_bounds(backend):
+    """The minimum-norm subgradient on a bound (torch.clamp's since torch 2.14); just inside, it passes."""
+    from vae_fast._ops import philox_state
+    from vae_fast._schemas import ROWS
+
+    device = need(backend)
+    ns = getattr(torch.ops, NAMESPACE[backend])
+    lv = torch.tensor([[-30.0, 20.0, -29.5, 19.5]], device=device, requires_grad=True)
+    mu = torch.ones_like(lv)
+    z, kl = ns.sample_and_kl(mu, lv, philox_state(device), 1, -30.0, 20.0)
+    g_sample, = torch.autograd.grad(z.sum() + kl.sum(), lv)
+    g_kl, = torch.autograd.grad(ns.gaussian_kl(mu, lv, None, None, ROWS, 1.0, -30.0, 20.0).sum(), lv)
+    for g in (g_sample, g_kl):
+        assert (g[0, :2] == 0).all() and (g[0, 2:] != 0).all(), g

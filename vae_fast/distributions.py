@@ -27,16 +27,17 @@ from .functional import _promote
 LOGVAR_CLAMP = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution
 
 
-def _clamp_bounds(logvar_clamp) -> tuple[float, float]:
+def _clamp_bounds(logvar_clamp) -> tuple[float | None, float | None]:
+    """(logvar_min, logvar_max) of the ops; None for no bound (also for an infinite one)."""
     if logvar_clamp is None:
-        return -math.inf, math.inf
+        return None, None
     try:
         lo, hi = (float(v) for v in logvar_clamp)
     except (TypeError, ValueError):
         raise TypeError(f"logvar_clamp: expected None or a pair of floats (min, max), got {logvar_clamp!r}") from None
     if math.isnan(lo) or math.isnan(hi) or lo > hi:
         raise ValueError(f"logvar_clamp: expected min <= max, got {logvar_clamp!r}")
-    return lo, hi
+    return (None if lo == -math.inf else lo), (None if hi == math.inf else hi)
 
 
 def _dims(dims, ndim: int) -> tuple[int, ...]:
@@ -69,7 +70,7 @@ class DiagonalGaussian:
         check.at_least_1d("mean", mean)
         self.mean, self._raw_logvar = _promote(mean, logvar)
         self._lo, self._hi = _clamp_bounds(logvar_clamp)
-        self.logvar_clamp = None if logvar_clamp is None else (self._lo, self._hi)
+        self.logvar_clamp = None if logvar_clamp is None else tuple(float(v) for v in logvar_clamp)
         self.deterministic = bool(deterministic)
         self._dims_arg = dims  # checked when kl()/nll() reduce (diffusers builds 3-D ones that only sample)
         self.backend = backend
@@ -99,9 +100,7 @@ class DiagonalGaussian:
     # ---- attributes (computed on use; logvar with torch.clamp's gradient) ----
     @property
     def logvar(self) -> Tensor:
-        if self.logvar_clamp is None:
-            return self._raw_logvar
-        return torch.clamp(self._raw_logvar, self._lo, self._hi)
+        return reference.clamp_logvar(self._raw_logvar, self._lo, self._hi)
 
     @property
     def std(self) -> Tensor:
@@ -210,18 +209,14 @@ class DiagonalGaussian:
                 f"logvar_clamp={self.logvar_clamp}, deterministic={self.deterministic}, dims={self._dims_arg})")
 
 
-# ---- the clamped ops (one place, so that the kernels' clamp arguments are passed here only) ----
-def _clamped(logvar: Tensor, lo: float, hi: float) -> Tensor:
-    return logvar if lo == -math.inf and hi == math.inf else torch.clamp(logvar, lo, hi)
-
-
+# ---- the ops, with the logvar clamp inside the kernels ----
 def _sample_and_kl(ns, mean, logvar, philox, lo, hi):
-    return ns.sample_and_kl(mean, _clamped(logvar, lo, hi), philox, 1)
+    return ns.sample_and_kl(mean, logvar, philox, 1, lo, hi)
 
 
 def _reparameterize(ns, mean, logvar, philox, lo, hi):
-    return ns.reparameterize(mean, _clamped(logvar, lo, hi), philox, 1)
+    return ns.reparameterize(mean, logvar, philox, 1, lo, hi)
 
 
 def _gaussian_kl(ns, mean, logvar, pmu, plv, code, lo, hi):
-    return ns.gaussian_kl(mean, _clamped(logvar, lo, hi), pmu, plv, code, 1.0)
+    return ns.gaussian_kl(mean, logvar, pmu, plv, code, 1.0, lo, hi)
