@@ -179,11 +179,12 @@ def rows_cols(x: torch.Tensor, reduction: int):
 
 
 def bounds(logvar_min, logvar_max):
-    """The kernels' (lo, hi, CLAMP) for optional logvar bounds; no clamp code when both are None."""
+    """The kernels' (lo_bits, hi_bits, CLAMP) for optional logvar bounds (float64 bits, as scale_bits);
+    no clamp code when both are None."""
     if logvar_min is None and logvar_max is None:
-        return 0.0, 0.0, False
-    return (-math.inf if logvar_min is None else float(logvar_min),
-            math.inf if logvar_max is None else float(logvar_max), True)
+        return 0, 0, False
+    return (scale_bits(-math.inf if logvar_min is None else logvar_min),
+            scale_bits(math.inf if logvar_max is None else logvar_max), True)
 
 
 def fast_rng(R: int, C: int) -> bool:
