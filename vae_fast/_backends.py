@@ -172,6 +172,11 @@ def _namespace(name: str, device_type: str) -> str | None:
     key = (name, device_type)
     if key in _resolved:
         return _resolved[key]
+    if device_type == "meta":
+        # meta tensors have no data, so no kernel runs: every backend gives the result's shape and
+        # dtype, the reference's (the same as the fused ops' fake kernels, tests/test_validation.py)
+        _resolved[key] = None
+        return None
     device = torch.device(device_type)
     if name == "auto":
         name = auto_choice(device)

@@ -4,6 +4,7 @@ RNG state that the sampling ops take as input."""
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from ._schemas import SCHEMAS
 from ._shapes import FAKES
@@ -94,6 +95,8 @@ def register(namespace: str, *, fakes: bool) -> None:
         return  # autograd in C++ (csrc/autograd.cpp): ~14 us per call cheaper than the Python one
     for name, (setup, backward) in _autograd(ns).items():
         torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
+    if namespace == "vae_fast_triton":
+        _reject_forward_ad(namespace)
     # The backward ops are not differentiable: differentiating their outputs (create_graph=True,
     # Hessian-vector products) raises a clear error rather than an internal one or a silent zero.
     backend = "triton" if namespace == "vae_fast_triton" else "cpu/cuda"
@@ -101,6 +104,42 @@ def register(namespace: str, *, fakes: bool) -> None:
         if name.endswith("_backward"):
             torch.library.register_autograd(f"{namespace}::{name}", _no_double_backward(name[:-9], backend),
                                             setup_context=lambda ctx, inputs, output: None)
+
+
+_LIBS = []  # the Library objects holding the forward-AD checks (registrations live as long as they do)
+
+
+def _reject_forward_ad(namespace: str) -> None:
+    """Forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) has no formula here: with
+    no input requiring grad, torch's generated Autograd kernel of a custom op runs it below autograd
+    and the outputs get no tangent, i.e. silent zeros. So each forward op's Autograd kernel checks
+    the inputs' tangents first (the C++ twin: check_no_forward_ad in csrc/autograd.cpp, same text)."""
+    try:  # private torch API (torch 2.4 to 2.14 at least)
+        from torch._library.autograd import make_autograd_impl
+        from torch._library.custom_ops import _maybe_get_opdef
+    except ImportError:  # pragma: no cover
+        return
+    lib = torch.library.Library(namespace, "IMPL")
+    _LIBS.append(lib)
+    for name in SCHEMAS:
+        if name.endswith("_backward"):
+            continue
+        op = getattr(torch.ops, namespace)
+        opdef = _maybe_get_opdef(f"{namespace}::{name}")  # holds the backward register_autograd set
+        generated = make_autograd_impl(getattr(op, name).default, opdef)
+        lib.impl(name, _forward_ad_checked(name, generated), "Autograd", with_keyset=True)
+
+
+def _forward_ad_checked(op: str, autograd_impl):
+    def kernel(keyset, *args, **kwargs):
+        if fwAD._current_level >= 0:  # a dual level is open: one global read otherwise
+            for a in args:
+                if isinstance(a, torch.Tensor) and fwAD.unpack_dual(a).tangent is not None:
+                    raise RuntimeError(f"vae_fast::{op}: forward-mode AD (torch.func.jvp, "
+                                       f"torch.autograd.forward_ad) is not supported by backend "
+                                       f"'triton'; use backend='reference'")
+        return autograd_impl(keyset, *args, **kwargs)
+    return kernel
 
 
 def _no_double_backward(op: str, backend: str):

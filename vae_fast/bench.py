@@ -68,7 +68,7 @@ from typing import Callable
 
 import torch
 
-from . import _backends, _triton_loader, functional, reference
+from . import _backends, _outputs, _triton_loader, functional, reference
 from .models import VAE, FusedOps, ReferenceOps
 
 OPS = ("reparameterize", "gaussian_kl", "sample_and_kl", "bernoulli_nll", "negative_elbo", "vae_step",
@@ -606,6 +606,7 @@ def check_out_dir(out: Path, device: torch.device, quick: bool) -> None:
     if in_results and (device.type != "cuda" or quick):
         raise BenchError(f"--out {out}: benchmarks/results/ keeps full GPU runs only; "
                          "write CPU or --quick results elsewhere")
+    _outputs.check_out_dir(str(out), BenchError)  # before the benchmark runs, not after
 
 
 def git_commit() -> dict:
@@ -747,11 +748,14 @@ def run(options: Options, stdout=None) -> dict:
     log(format_table(rows))
     log()
     log(format_dispatch(report["dispatch"]))
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "bench.json", "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
-    plot(report, out / "bench.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "bench.json", "w") as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
+        plot(report, out / "bench.png")
+    except OSError as e:  # checked at the start; e.g. removed or a full disk since
+        raise BenchError(f"--out {out}: cannot write the results: {e}") from None
     log(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
     return report
 

@@ -4,6 +4,10 @@ One function per subcommand adds its parser (`add_<name>_parser(subparsers)`) an
 (the code that runs it, called with the parsed args, returns the exit status) and `parser` (for
 clean one-line errors). A new subcommand is one more function appended to SUBCOMMANDS.
 
+Errors: every user error (a bad option, unusable --out, bad data files, a diverging run) is ONE
+line on stderr, "vae-fast <command>: error: <what, naming the option or file>", and exit status 2,
+never a traceback. Ctrl-C: "vae-fast: interrupted", status 130.
+
 `train` and `bench` need the packages of the `cli` extra (numpy, tqdm, matplotlib, mlxtend), which
 the library does not: they are imported where used, and a missing one stops the command with one
 line naming `pip install 'vae_fast[cli]'`.
@@ -14,7 +18,18 @@ import argparse
 import sys
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (argparse prints the usage first): "<prog>:
+    error: <message>", exit status 2. Subparsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split(chr(10)))}\n")
+
+
 # ---------------------------------------------------------------------- argument types
+MAX_INT = 2**63 - 1  # integers fit an int64 (torch seeds and sizes)
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -22,6 +37,8 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if value > MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected a positive integer below 2**63, got {value}")
     return value
 
 
@@ -32,6 +49,8 @@ def non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    if value > MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer below 2**63, got {value}")
     return value
 
 
@@ -93,7 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
     import tqdm  # noqa: F401
 
     from .data import DataError
-    from .train import ConfigError, TrainConfig, train
+    from .train import ConfigError, TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, latent=args.latent,
                          hidden=args.hidden, lr=args.lr, seed=args.seed, device=args.device,
@@ -102,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
                          quiet=args.quiet, compile=args.compile)
     try:
         train(config)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, TrainingDiverged) as e:  # a diverging run: status 2 too (fix: --lr)
         args.parser.error(str(e))
     return 0
 
@@ -196,8 +215,7 @@ SUBCOMMANDS = [add_train_parser, add_bench_parser, add_info_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vae-fast", description="Fused VAE kernels: training demo and tools.")
+    parser = Parser(prog="vae-fast", description="Fused VAE kernels: training demo and tools.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,8 @@ import torch
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"  # optional: not used, only checked against the images
+TEST_LABELS = "t10k-labels-idx1-ubyte"
 
 # the IDX type byte (third byte of the magic number) -> big-endian numpy dtype
 _IDX_DTYPES = {
@@ -105,7 +109,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, EOFError) as e:  # e.g. a corrupt gzip stream
+    except (OSError, EOFError, zlib.error) as e:  # a corrupt (zlib.error) or truncated (EOFError) gzip stream
         raise DataError(f"{path}: cannot read: {e}") from None
     if len(raw) < 4:
         raise DataError(f"{path}: not an IDX file (only {len(raw)} bytes)")
@@ -119,7 +123,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = _IDX_DTYPES[dtype_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a header of 3 x (2^32 - 1) must not wrap
     if len(raw) - header != expected:
         raise DataError(f"{path}: expected {expected} data bytes for shape {shape}, "
                         f"found {len(raw) - header}")
@@ -152,10 +156,23 @@ def find_idx(data_dir: str | os.PathLike, name: str) -> str:
 def read_images(path: str | os.PathLike) -> tuple[torch.Tensor, tuple[int, int]]:
     """An IDX file of uint8 images (N, rows, cols) -> ((N, rows*cols) float32 in [0, 1], (rows, cols))."""
     images = read_idx(path)
-    if images.ndim != 3 or images.dtype != np.uint8 or images.shape[0] == 0:
+    if images.ndim != 3 or images.dtype != np.uint8 or 0 in images.shape:
         raise DataError(f"{os.fspath(path)}: expected an IDX file of uint8 images (N, rows, cols) "
-                        f"with N > 0, got dtype {images.dtype} and shape {images.shape}")
+                        f"with N, rows, cols > 0, got dtype {images.dtype} and shape {images.shape}")
     return _to_unit_float(images), (int(images.shape[1]), int(images.shape[2]))
+
+
+def check_labels(data_dir: str | os.PathLike, name: str, n_images: int) -> None:
+    """The labels are not used, but a labels file next to the images that does not match them
+    (another count, not idx1) says the directory mixes two data sets: refuse it."""
+    try:
+        path = find_idx(data_dir, name)
+    except DataError:
+        return  # no labels file: fine
+    labels = read_idx(path)
+    if labels.ndim != 1 or labels.shape[0] != n_images:
+        raise DataError(f"{path}: expected {n_images} labels (one per image, an idx1 file), "
+                        f"got shape {labels.shape}")
 
 
 def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
@@ -166,6 +183,8 @@ def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
     if train_shape != test_shape:
         raise DataError(f"--data-dir {os.fspath(data_dir)}: train images are {train_shape}, "
                         f"test images {test_shape}")
+    check_labels(data_dir, TRAIN_LABELS, train.shape[0])
+    check_labels(data_dir, TEST_LABELS, test.shape[0])
     return MNIST(train, test, f"MNIST IDX files in {os.path.abspath(data_dir)}", train_shape)
 
 

@@ -12,10 +12,10 @@ from ._ops import philox_state
 from ._schemas import NONE, ROWS, SUM
 
 
-def _reduction_args(x: torch.Tensor, reduction: str):
-    """reduction name (already checked) -> (op code, scale)."""
+def _reduction_args(x: torch.Tensor, reduction: str, name: str):
+    """reduction name (already checked) -> (op code, scale); `name` is x's argument name."""
     if reduction == PER_SAMPLE:
-        check.at_least_1d("input", x)
+        check.at_least_1d(name, x)
         return ROWS, 1.0
     if reduction == "none":
         return NONE, 1.0
@@ -23,12 +23,12 @@ def _reduction_args(x: torch.Tensor, reduction: str):
         return SUM, 1.0
     if reduction == "mean":
         return SUM, (1.0 / x.numel() if x.numel() else float("nan"))
-    check.at_least_1d("input", x)
+    check.at_least_1d(name, x)
     return SUM, (1.0 / x.shape[0] if x.shape[0] else float("nan"))
 
 
-def _num_samples(num_samples) -> int:
-    return 1 if num_samples is None else check.positive_int("num_samples", num_samples)
+def _num_samples(num_samples, mu) -> int:
+    return 1 if num_samples is None else check.num_samples(num_samples, mu.numel())
 
 
 def _generator(generator, device: torch.device):
@@ -38,7 +38,17 @@ def _generator(generator, device: torch.device):
         if generator.device.type != device.type:
             raise RuntimeError(f"generator: expected a generator on {device.type} (the tensors' device), "
                                f"got one on {generator.device}")
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace a Generator: break the graph here (the draw then runs eagerly), which
+            # torch.compile(fullgraph=True) reports with this message (torch._dynamo: loaded, compiling)
+            torch._dynamo.graph_break(msg=GENERATOR_UNDER_COMPILE)
     return generator
+
+
+GENERATOR_UNDER_COMPILE = (
+    "generator=: torch.compile cannot trace a torch.Generator, so the draw breaks the graph "
+    "(an error under fullgraph=True); call the function outside the compiled region, or seed the "
+    "global RNG (torch.manual_seed) and leave generator=None")
 
 
 def _promote(*tensors):
@@ -75,7 +85,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, *, num_samples: int | None = None
     Returns mu's shape, or (num_samples, *mu.shape) when num_samples is given.
     """
     check.pair("mu", mu, "logvar", logvar)
-    S = _num_samples(num_samples)
+    S = _num_samples(num_samples, mu)
     device = mu.device
     _generator(generator, device)
     ns = resolve(backend, device)
@@ -92,7 +102,7 @@ def sample_and_kl(mu: Tensor, logvar: Tensor, *, num_samples: int | None = None,
     the first, in one kernel forward and one backward."""
     check.pair("mu", mu, "logvar", logvar)
     check.at_least_1d("mu", mu)
-    S = _num_samples(num_samples)
+    S = _num_samples(num_samples, mu)
     device = mu.device
     _generator(generator, device)
     ns = resolve(backend, device)
@@ -114,7 +124,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None = None,
     """KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)), the standard normal when no prior is
     given; priors broadcast to mu's shape."""
     check.pair("mu", mu, "logvar", logvar)
-    code, scale = _reduction_args(mu, check.reduction(reduction))
+    code, scale = _reduction_args(mu, check.reduction(reduction), "mu")
     check.prior("prior_mu", prior_mu, "mu", mu)
     check.prior("prior_logvar", prior_logvar, "mu", mu)
     ns = resolve(backend, mu.device)
@@ -133,7 +143,7 @@ def _reduce_reference(x, reduction):
 
 def _bernoulli_nll(logits, target, reduction, backend):
     check.pair("logits", logits, "target", target)
-    code, scale = _reduction_args(logits, reduction)
+    code, scale = _reduction_args(logits, reduction, "logits")
     ns = resolve(backend, logits.device)
     logits, target = _promote(logits, target)
     if ns is None:
@@ -143,8 +153,9 @@ def _bernoulli_nll(logits, target, reduction, backend):
 
 def _gaussian_nll(mean, logvar, target, reduction, backend):
     check.pair("mean", mean, "target", target)
+    check.floating("logvar", logvar)  # required, unlike a prior
     check.prior("logvar", logvar, "mean", mean)
-    code, scale = _reduction_args(mean, reduction)
+    code, scale = _reduction_args(mean, reduction, "mean")
     ns = resolve(backend, mean.device)
     mean, logvar, target = _promote(mean, logvar, target)
     if ns is None:
@@ -186,13 +197,16 @@ def negative_elbo(logits: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, *,
     so not with "none")."""
     check.pair("logits", logits, "target", target)
     check.pair("mu", mu, "logvar", logvar)
+    check.at_least_1d("logits", logits)
     check.at_least_1d("mu", mu)
     check.reduction(reduction)
     if mu.shape[0] != logits.shape[0]:
         raise ValueError(f"mu: expected batch size {logits.shape[0]} (of logits), got {mu.shape[0]}")
     check.same_device("logits", logits, "mu", mu)
-    if free_bits < 0:
-        raise ValueError(f"free_bits: expected >= 0, got {free_bits}")
+    beta = check.non_negative_or_tensor("beta", beta)
+    if isinstance(beta, torch.Tensor) and beta.device != logits.device and beta.device.type != "cpu":
+        raise RuntimeError(f"beta: expected a tensor on {logits.device} like logits (or on cpu), got {beta.device}")
+    free_bits = check.non_negative("free_bits", free_bits)
     ns = resolve(backend, logits.device)
     (logits, target), (mu, logvar) = _promote(logits, target), _promote(mu, logvar)
     if ns is None:
@@ -202,7 +216,7 @@ def negative_elbo(logits: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, *,
     if free_bits > 0:
         if reduction == "none":
             raise ValueError("free_bits: needs reduction 'sum', 'mean' or 'batchmean', got 'none'")
-        kl_dims = ns.gaussian_kl(mu, logvar, None, None, NONE, 1.0).reshape(batch, -1).mean(0)
+        kl_dims = reference.rows(ns.gaussian_kl(mu, logvar, None, None, NONE, 1.0)).mean(0)
         total = ns.bernoulli_nll(logits, target, SUM, 1.0) + beta * batch * kl_dims.clamp(min=free_bits).sum()
         return total if reduction == "sum" else total / batch
     if reduction == "none":

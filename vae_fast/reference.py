@@ -28,9 +28,14 @@ def reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
     return x.sum() / x.shape[0]
 
 
+def rows(x: torch.Tensor) -> torch.Tensor:
+    """x as a (batch, features) matrix; an explicit width, as reshape(batch, -1) fails on 0 elements."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
 def per_sample(x: torch.Tensor) -> torch.Tensor:
     """Sum over every dim but the first (the batch)."""
-    return x.reshape(x.shape[0], -1).sum(1) if x.dim() > 1 else x
+    return rows(x).sum(1) if x.dim() > 1 else x
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -60,8 +65,16 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Tensor:
         return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
     pmu = torch.zeros_like(mu) if prior_mu is None else prior_mu
     plv = torch.zeros_like(mu) if prior_logvar is None else prior_logvar
-    diff = mu - pmu
-    return 0.5 * (plv - logvar + (torch.exp(logvar) + diff * diff) * torch.exp(-plv) - 1.0)
+    # e^(lv - plv), not e^lv * e^-plv: inf * 0 = NaN at lv = 100, plv = 1e4 (docs/ops.md, Numerics)
+    q = _scaled(mu - pmu, plv)
+    return 0.5 * (plv - logvar + torch.exp(logvar - plv) + q * q - 1.0)
+
+
+def _scaled(d: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """d * exp(-v/2), whose square is d^2 * exp(-v) without its 0 * inf = NaN where d == 0 and
+    exp(-v) overflows: there it is an exact 0 with zero gradients, for any v (the exp is fed 0)."""
+    zero = d == 0
+    return torch.where(zero, 0.0, d) * torch.exp(torch.where(zero, 0.0, -0.5 * v))
 
 
 def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -85,9 +98,10 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor)
     check.floating("target", target)
     check.same_shape("target", target, "mean", mean)
     check.same_device("target", target, "mean", mean)
+    check.floating("logvar", logvar)
     check.prior("logvar", logvar, "target", target)
-    diff = target - mean
-    return 0.5 * (LOG_2PI + logvar + diff * diff * torch.exp(-logvar))
+    q = _scaled(target - mean, logvar)  # (target - mean)^2 e^-logvar is q^2, finite at target == mean
+    return 0.5 * (LOG_2PI + logvar + q * q)
 
 
 def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduction="none"):
@@ -98,7 +112,10 @@ def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduct
     needs a reduction other than 'none'.
     """
     check.reduction(reduction, ("none", "sum", "batchmean", "mean"))
+    check.at_least_1d("logits", logits)
     check.at_least_1d("mu", mu)
+    beta = check.non_negative_or_tensor("beta", beta)
+    free_bits = check.non_negative("free_bits", free_bits)
     if mu.shape[0] != logits.shape[0]:
         raise ValueError(f"mu: expected batch size {logits.shape[0]} (of logits), got {mu.shape[0]}")
     rec = per_sample(bernoulli_nll(logits, target))
@@ -107,7 +124,7 @@ def negative_elbo(logits, target, mu, logvar, *, beta=1.0, free_bits=0.0, reduct
         if reduction == "none":
             raise ValueError("free_bits: needs reduction 'sum', 'mean' or 'batchmean', got 'none'")
         batch = mu.shape[0]
-        kl_dims = torch.clamp(kl.reshape(batch, -1).mean(0), min=free_bits).sum()
+        kl_dims = torch.clamp(rows(kl).mean(0), min=free_bits).sum()
         total = rec.sum() + beta * batch * kl_dims
         return total if reduction == "sum" else total / batch
     per = rec + beta * per_sample(kl)

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from . import reference
+from ._outputs import StagedOutputs
 from .models import DECODERS, VAE, ReferenceOps
 
 if TYPE_CHECKING:  # imported where used: .data needs numpy, of the `cli` extra (`vae-fast info` does not)
@@ -39,8 +40,20 @@ EVAL_BATCH = 500  # test neg-ELBO batch
 IW_BATCH = 100  # images per importance-sampling batch (x num_samples decoder rows, in chunks of 50)
 
 
+MAX_INT = 2**63 - 1  # integer options (seed included) fit an int64: torch seeds, islice, sizes
+# Adam's update lr / (1 - beta1^t) <= 10 lr is a float32 scalar: above ~3e37 torch raises an overflow
+# error mid-step; 1e30 (absurd for any run) keeps that a clean option error
+MAX_LR = 1e30
+MAX_THREADS = 1024  # a sanity bound: torch.set_num_threads takes a C int, and each thread is real
+
+
 class ConfigError(ValueError):
     """A bad training option; the message names the option (the CLI prints it as one line)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite (the CLI prints it as one line, exit status 2:
+    like a bad option, the fix is in the command line, usually a lower --lr)."""
 
 
 @dataclass
@@ -64,14 +77,19 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "batch_size", "latent", "hidden", "iw_samples"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads <= 0):
-            raise ConfigError(f"--threads: expected a positive integer, got {self.threads!r}")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"--lr: expected a positive number, got {self.lr!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"--seed: expected a non-negative integer, got {self.seed!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_INT:
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a positive integer below 2**63, "
+                                  f"got {value!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or not 0 < self.threads <= MAX_THREADS):
+            raise ConfigError(f"--threads: expected an integer in 1..{MAX_THREADS}, got {self.threads!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
+                or not 0 < self.lr <= MAX_LR:
+            raise ConfigError(f"--lr: expected a positive number at most {MAX_LR:g}, got {self.lr!r}")
+        # below 2**63: with the per-rank offsets added in evaluate/test_log_px it stays below
+        # 2**64, the largest seed torch takes
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_INT:
+            raise ConfigError(f"--seed: expected a non-negative integer below 2**63, got {self.seed!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.compile not in COMPILE_MODES:
@@ -82,6 +100,8 @@ class TrainConfig:
             raise ConfigError(f"--backend: expected a backend name, got {self.backend!r}")
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
             raise ConfigError(f"--data-dir {self.data_dir}: no such directory")
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError(f"--out: expected a directory name, got {self.out!r}")
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ConfigError(f"--out {self.out}: exists and is not a directory")
         return self
@@ -132,6 +152,14 @@ def setup_distributed(device_name: str) -> Dist:
     local = int(os.environ.get("LOCAL_RANK", rank))
     device = resolve_device(device_name, local)
     if device.type == "cuda":
+        # resolve_device wraps local ranks around the visible GPUs; NCCL refuses two ranks on one
+        # GPU (or worse, hangs): refuse it here, with the fix
+        gpus = torch.cuda.device_count()
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local + 1))
+        if max(per_node, local + 1) > gpus:
+            raise ConfigError(f"--device {device_name}: {max(per_node, local + 1)} processes on this node "
+                              f"but {gpus} GPU{'s' if gpus != 1 else ''} visible; NCCL needs one GPU per "
+                              f"process: use torchrun --nproc_per_node={gpus} (or --device cpu)")
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
     else:
@@ -230,18 +258,23 @@ def train(config: TrainConfig, *, stdout=None) -> dict:
     t_start = time.perf_counter()
     config = dataclasses.replace(config).validate()
     stdout = stdout if stdout is not None else sys.stdout
-    # option, backend and data errors come before any process group exists: they stay simple
-    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    ops = build_ops(config.backend, device, config.latent)
-    dataset = data_mod.load(config.data_dir)
-    env = setup_distributed(config.device)
+    # option, --out, backend and data errors come before any process group exists: they stay simple.
+    # The writer (rank 0) stages its files next to --out now: an unusable --out fails before training
+    staging = StagedOutputs(config.out, ConfigError) if _launch_rank() == 0 else None
+    env = None
     try:
-        metrics = _train(config, env, dataset, ops, stdout, t_start)
+        device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        ops = build_ops(config.backend, device, config.latent)
+        dataset = data_mod.load(config.data_dir)
+        env = setup_distributed(config.device)
+        metrics = _train(config, env, dataset, ops, stdout, t_start, staging)
         if env.distributed:
             dist.barrier()  # no rank tears its connections down while rank 0 still writes
         return metrics
     finally:
-        if env.owns_group and dist.is_initialized():
+        if staging is not None:
+            staging.discard()  # after a commit: already gone; else the partial files go
+        if env is not None and env.owns_group and dist.is_initialized():
             # DDP's reducer holds the gloo group and can sit in a reference cycle: free it now, or
             # the group's worker threads die at interpreter exit ("terminate called without an
             # active exception", SIGABRT; seen once in CI)
@@ -249,7 +282,15 @@ def train(config: TrainConfig, *, stdout=None) -> dict:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout, t_start) -> dict:
+def _launch_rank() -> int:
+    """This process's rank before setup_distributed (0 when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout, t_start,
+           staging: StagedOutputs | None) -> dict:
     from tqdm import tqdm
 
     from . import data as data_mod
@@ -261,12 +302,13 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
         if verbose:
             print(msg, file=stdout, flush=True)
 
-    if env.main:
-        os.makedirs(config.out, exist_ok=True)
-
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts)
-    model = VAE(in_dim=dataset.train.shape[1], hidden=config.hidden, latent=config.latent,
-                decoder=config.decoder, ops=ops).to(env.device)
+    try:
+        model = VAE(in_dim=dataset.train.shape[1], hidden=config.hidden, latent=config.latent,
+                    decoder=config.decoder, ops=ops).to(env.device)
+    except (RuntimeError, MemoryError) as e:  # e.g. --hidden 10**12: the allocator's message
+        raise ConfigError(f"--hidden {config.hidden} / --latent {config.latent}: cannot build the model "
+                          f"({dataset.train.shape[1]} inputs) on {env.device}: {_first_line(e)}") from None
     torch.manual_seed(config.seed + env.rank)  # training eps: a different stream per rank
     net = model
     if env.distributed:
@@ -323,9 +365,9 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
         bar.close()
         train_sum, train_n = _all_reduce([neg_elbo_sum, float(seen)], env)
         train_neg_elbo = train_sum / train_n
-        if not math.isfinite(train_neg_elbo):
-            raise RuntimeError(f"training diverged in epoch {epoch} (non-finite loss); "
-                               "try a smaller --lr")
+        if not math.isfinite(train_neg_elbo):  # the same all-reduced value on every rank
+            raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {train_neg_elbo}); "
+                                   "try a lower --lr")
         test = evaluate(model, test_images, env, config.seed)
         seconds = time.perf_counter() - t_epoch
         history.append({"epoch": epoch, "train_neg_elbo": train_neg_elbo,
@@ -358,7 +400,14 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
         "torch_version": str(torch.__version__),
     }
     if env.main:
-        write_outputs(model, config, dataset, metrics, t_start)
+        try:
+            write_outputs(model, config, dataset, metrics, t_start, staging.path if staging else None)
+            if staging is not None:
+                staging.commit()  # all four files appear at once (see StagedOutputs)
+        except OSError as e:  # disk full, --out removed meanwhile...: --out is left as it was
+            raise ConfigError(f"--out {config.out}: cannot write the outputs: {_first_line(e)}") from None
+        for note in metrics.get("notes", []):
+            say(f"note: {note}")
         say(f"wrote {os.path.join(config.out, METRICS_FILE)}, {CHECKPOINT_FILE}, {SAMPLES_FILE}, "
             f"{RECONSTRUCTIONS_FILE}; {metrics['wall_time_s']:.1f}s in all")
     else:
@@ -368,8 +417,9 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
 
 # -------------------------------------------------------------------------------- outputs
 def write_outputs(model: VAE, config: TrainConfig, dataset: data_mod.MNIST, metrics: dict,
-                  t_start: float) -> None:
-    out = config.out
+                  t_start: float, directory: str | None = None) -> None:
+    """The four files into `directory` (default config.out; train() passes its staging directory)."""
+    out = directory if directory is not None else config.out
     os.makedirs(out, exist_ok=True)
     torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "config": dataclasses.asdict(config), "in_dim": model.in_dim,
@@ -381,35 +431,60 @@ def write_outputs(model: VAE, config: TrainConfig, dataset: data_mod.MNIST, metr
     samples = model.sample(64, generator=gen).cpu()
     originals = dataset.test[:32]
     recons = model.reconstruct(originals.to(device)).cpu()
-    save_grid(os.path.join(out, SAMPLES_FILE), [samples], dataset.image_shape, cols=8,
-              titles=["samples from the prior (mean images)"])
-    save_grid(os.path.join(out, RECONSTRUCTIONS_FILE), [originals, recons], dataset.image_shape,
-              cols=4, titles=["test digits", "reconstructions"])
+    shrunk = {SAMPLES_FILE: save_grid(os.path.join(out, SAMPLES_FILE), [samples], dataset.image_shape,
+                                      cols=8, titles=["samples from the prior (mean images)"]),
+              RECONSTRUCTIONS_FILE: save_grid(os.path.join(out, RECONSTRUCTIONS_FILE), [originals, recons],
+                                              dataset.image_shape, cols=4,
+                                              titles=["test digits", "reconstructions"])}
+    for name, (fy, fx) in shrunk.items():
+        if (fy, fx) != (1, 1):
+            metrics.setdefault("notes", []).append(
+                f"{name}: images of {dataset.image_shape[0]} x {dataset.image_shape[1]} pixels drawn as "
+                f"means of {fy} x {fx} pixel blocks (a panel is at most {MAX_PANEL_PX} pixels a side)")
     metrics["wall_time_s"] = time.perf_counter() - t_start
     with open(os.path.join(out, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
         f.write("\n")
 
 
+MAX_PANEL_PX = 1024  # a panel's tiled image is at most this many pixels a side (figure size cap)
+
+
+def _shrink(images: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
+    """(n, r, c) -> (n, ceil(r/fy), ceil(c/fx)): means of fy x fx blocks (edge blocks: of what is there)."""
+    if (fy, fx) == (1, 1):
+        return images
+    return torch.nn.functional.avg_pool2d(images[:, None], (fy, fx), ceil_mode=True)[:, 0]
+
+
 def _tile(images: torch.Tensor, shape: tuple[int, int], cols: int, pad: int = 2):
-    rows_img, cols_img = shape
+    """(canvas as a numpy array, (fy, fx)): the images in a grid of `cols` columns, each shrunk by
+    block means of fy x fx pixels so that the grid fits MAX_PANEL_PX a side (the figure, and the
+    arrays matplotlib draws it with, grow with it: a 1 x 200,000 image would need gigabytes)."""
     n = images.shape[0]
     rows = -(-n // cols)
+    fy = max(1, -(-shape[0] * rows // MAX_PANEL_PX))
+    fx = max(1, -(-shape[1] * cols // MAX_PANEL_PX))
+    images = _shrink(images.reshape(n, *shape), fy, fx)
+    rows_img, cols_img = images.shape[1:]
     canvas = torch.full((rows * (rows_img + pad) + pad, cols * (cols_img + pad) + pad), 0.15)
     for i in range(n):
         r, c = divmod(i, cols)
         y, x = pad + r * (rows_img + pad), pad + c * (cols_img + pad)
-        canvas[y:y + rows_img, x:x + cols_img] = images[i].reshape(rows_img, cols_img)
-    return canvas.numpy()
+        canvas[y:y + rows_img, x:x + cols_img] = images[i]
+    return canvas.numpy(), (fy, fx)
 
 
 def save_grid(path: str, panels: list[torch.Tensor], shape: tuple[int, int], cols: int,
-              titles: list[str]) -> None:
+              titles: list[str]) -> tuple[int, int]:
     """One or more panels of images (N, rows*cols) in [0, 1], side by side, as a PNG (white
-    background, dark ink)."""
+    background, dark ink). Returns the block size (fy, fx) the images were shrunk by ((1, 1): none;
+    see _tile): the figure is at most about 26 x 27 inches per panel at 100 dpi."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    tiles = [_tile(p.float().clamp(0, 1), shape, cols) for p in panels]
+    tiled = [_tile(p.float().clamp(0, 1), shape, cols) for p in panels]
+    tiles = [t for t, _ in tiled]
+    shrunk = tiled[0][1]
     h, w = tiles[0].shape
     fig = Figure(figsize=(len(tiles) * w / 40 + 0.4, h / 40 + 0.6), dpi=100)
     for i, (tile, title) in enumerate(zip(tiles, titles)):
@@ -419,6 +494,7 @@ def save_grid(path: str, panels: list[torch.Tensor], shape: tuple[int, int], col
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
+    return shrunk
 
 
 def load_model(path: str, map_location="cpu", ops=None) -> VAE:

@@ -132,6 +132,15 @@ def clamp_grad(g, lv, lo, hi):
     return tl.where((lv <= lo) | (lv >= hi), 0.0, g)
 
 
+# ---- the stable forms of docs/ops.md "Numerics" ----
+
+@triton.jit
+def scaled(d, e):
+    """d * e for e = exp(-v/2), so (d * e)^2 = d^2 * exp(-v): an exact 0 when d == 0 for any v,
+    where d * e would be 0 * inf = NaN once exp(-v/2) overflows."""
+    return tl.where(d == 0.0, 0.0, d * e)
+
+
 # ---- KL(N(mu, e^lv) || N(pmu, e^plv)) ----
 
 @triton.jit
@@ -141,17 +150,18 @@ def kl_std(mu, lv):
 
 @triton.jit
 def kl_prior(mu, lv, pmu, plv):
-    diff = mu - pmu
-    return 0.5 * (plv - lv + (tl.exp(lv) + diff * diff) * tl.exp(-plv) - 1.0)
+    # e^(lv - plv), not e^lv * e^-plv (inf * 0 = NaN at lv = 100, plv = 1e4)
+    q = scaled(mu - pmu, tl.exp(-0.5 * plv))
+    return 0.5 * (plv - lv + tl.exp(lv - plv) + q * q - 1.0)
 
 
 @triton.jit
 def kl_prior_grads(mu, lv, pmu, plv, g):
     """(d/dmu, d/dlv, d/dplv) of g * kl_prior; d/dpmu = -d/dmu."""
-    inv_pvar = tl.exp(-plv)
-    diff = mu - pmu
-    ratio = tl.exp(lv) * inv_pvar
-    return g * diff * inv_pvar, 0.5 * g * (ratio - 1.0), 0.5 * g * (1.0 - ratio - diff * diff * inv_pvar)
+    e = tl.exp(-0.5 * plv)
+    q = scaled(mu - pmu, e)
+    ratio = tl.exp(lv - plv)
+    return g * scaled(q, e), 0.5 * g * (ratio - 1.0), 0.5 * g * (1.0 - ratio - q * q)
 
 
 # ---- Bernoulli NLL on logits: max(x, 0) - x*t + log1p(exp(-|x|)) ----
@@ -185,13 +195,14 @@ LOG_2PI = tl.constexpr(1.8378770664093453)
 
 @triton.jit
 def gauss_nll(m, lv, t):
-    d = t - m
-    return 0.5 * (LOG_2PI + lv + d * d * tl.exp(-lv))
+    # q^2 = (t - m)^2 e^-lv, finite at t == m for any lv
+    q = scaled(t - m, tl.exp(-0.5 * lv))
+    return 0.5 * (LOG_2PI + lv + q * q)
 
 
 @triton.jit
 def gauss_nll_grads(m, lv, t, g):
     """(d/dmean, d/dlogvar) of g * gauss_nll; d/dtarget = -d/dmean."""
-    d = t - m
-    w = tl.exp(-lv)
-    return -g * d * w, 0.5 * g * (1.0 - d * d * w)
+    e = tl.exp(-0.5 * lv)
+    q = scaled(t - m, e)
+    return -g * scaled(q, e), 0.5 * g * (1.0 - q * q)
