@@ -114,7 +114,12 @@ def test_methods_agree_with_diffusers(backend, dtype, shape):
         # diffusers computes in the input dtype; compare both to its float64 result
         t64, t64b = ORIGINAL(h.double()), ORIGINAL(h2.double())
         close(ours.kl(), t64.kl(), dtype, scale=1e3)
-        close(ours.kl(ours2), t64.kl(t64b), dtype, scale=1e3)
+        if backend == "reference" and dtype == torch.bfloat16:
+            # the reference computes in the input dtype, exp(lv - plv) since the numerics policy: a
+            # bf16 lv - plv near 50 is rounded by up to 0.125, exp of it off by up to 13%
+            torch.testing.assert_close(ours.kl(ours2).double(), t64.kl(t64b), rtol=0.15, atol=1.0)
+        else:
+            close(ours.kl(ours2), t64.kl(t64b), dtype, scale=1e3)
         close(ours.nll(x), t64.nll(x.double()), dtype, scale=1e3)
         close(ours.nll(x, dims=[1, 2]), t64.nll(x.double(), dims=[1, 2]), dtype, scale=1e3)
         assert ours.kl().dtype == theirs.kl().dtype == dtype

@@ -22,7 +22,7 @@ from . import reference
 from ._backends import resolve
 from ._ops import philox_state
 from ._schemas import NONE, ROWS, SUM
-from .functional import _promote
+from .functional import GENERATOR_UNDER_COMPILE, _promote
 
 LOGVAR_CLAMP = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution
 
@@ -141,6 +141,8 @@ class DiagonalGaussian:
         mean, logvar, device = self.mean, self._raw_logvar, self.mean.device
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator or a list of them, got {type(generator).__name__}")
+        if generator is not None and torch.compiler.is_compiling():
+            torch._dynamo.graph_break(msg=GENERATOR_UNDER_COMPILE)  # as vae_fast.reparameterize
         ns = resolve(self.backend, device)
         if ns is None:
             gen_device = device if generator is None else generator.device
