@@ -324,3 +324,18 @@ def test_ops_clamp_gradient_is_zero_on_the_bounds(backend):
     g_kl, = torch.autograd.grad(ns.gaussian_kl(mu, lv, None, None, ROWS, 1.0, -30.0, 20.0).sum(), lv)
     for g in (g_sample, g_kl):
         assert (g[0, :2] == 0).all() and (g[0, 2:] != 0).all(), g
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_generator_under_fullgraph_compile_names_the_workaround(backend):
+    device = need(backend)
+    torch._dynamo.reset()
+    mean = torch.zeros(2, 3, device=device)
+
+    gen = torch.Generator(device).manual_seed(0)
+
+    def f(mean):
+        return DiagonalGaussian(mean, mean, backend=backend).sample(gen)
+
+    with pytest.raises(Exception, match="torch.compile cannot trace a torch.Generator"):
+        torch.compile(f, fullgraph=True, backend="aot_eager" if device.type == "cpu" else "inductor")(mean)
