@@ -14,6 +14,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include "csrc/common.h"
 
@@ -28,12 +29,26 @@ inline void check_first(const at::Tensor& x, const char* name, Backend backend) 
               x.device());
 }
 
-// optional prior argument: contiguous, or undefined when absent
+// The layout the loss kernels walk (they see flat memory): a channels-last first input in its own
+// memory order, so that channels-last inputs give channels-last outputs and gradients without a
+// copy (the batch dim stays outermost: ROWS rows are still blocks of memory); anything else
+// row-major. The other tensors of the op are brought to this layout (a copy only if they differ).
+// The fakes follow the same rule (vae_fast/_shapes.py memory_format).
+inline at::MemoryFormat walk_format(const at::Tensor& x) {
+  if (x.is_contiguous()) return at::MemoryFormat::Contiguous;
+  if (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return at::MemoryFormat::ChannelsLast;
+  if (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d))
+    return at::MemoryFormat::ChannelsLast3d;
+  return at::MemoryFormat::Contiguous;
+}
+
+// optional prior argument: in mu's walk_format, or undefined when absent
 inline at::Tensor prior_arg(const std::optional<at::Tensor>& p, const char* name,
-                            const at::Tensor& mu) {
+                            const at::Tensor& mu, const char* mu_name = "mu") {
   if (!p.has_value() || !p->defined()) return at::Tensor();
-  check_like(*p, name, mu, "mu");
-  return p->contiguous();
+  check_like(*p, name, mu, mu_name);
+  return p->contiguous(walk_format(mu));
 }
 
 // `grad` of a loss backward op (null in a forward op: undefined), checked against the forward
@@ -42,17 +57,23 @@ inline at::Tensor loss_grad_arg(const at::Tensor* grad, const at::Tensor& x, con
                                 int64_t reduction) {
   if (grad == nullptr) return at::Tensor();
   check_grad(*grad, "grad", x, x_name, reduced_shape(x, reduction));
-  return grad->contiguous();
+  return reduction == kNone ? grad->contiguous(walk_format(x)) : grad->contiguous();
 }
 
-// the output of a loss forward op, shaped by the reduction
-inline at::Tensor forward_out(const at::Tensor& x, int64_t reduction) {
-  return at::empty(reduced_shape(x, reduction), x.options());
+// the output of a loss forward op, shaped by the reduction, of x's dtype or `out_dtype`: float32
+// for 16-bit x under autocast (vae_fast/_autocast.py); the kernels write it from their float32 math
+inline at::Tensor forward_out(const at::Tensor& x, int64_t reduction,
+                              std::optional<at::ScalarType> out_dtype = std::nullopt) {
+  const at::ScalarType t = out_dtype.value_or(x.scalar_type());
+  TORCH_CHECK(t == x.scalar_type() || (t == at::kFloat && x.element_size() == 2), "out_dtype: expected ",
+              x.scalar_type(), " (of the input) or float32 for a 16-bit input, got ", t);
+  if (reduction == kNone) return at::empty_like(x, x.options().dtype(t));  // x's (walk) layout
+  return at::empty(reduced_shape(x, reduction), x.options().dtype(t));
 }
 
 // a gradient output shaped like x, or an empty tensor when it is not wanted (docs/ops.md)
 inline at::Tensor grad_out(const at::Tensor& x, bool wanted = true) {
-  return wanted ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  return wanted ? at::empty_like(x) : at::empty({0}, x.options());  // x's (walk) layout
 }
 
 // ---- the logvar bounds of the sampling and KL ops (logvar_min, logvar_max; None: no bound) ----
@@ -211,8 +232,8 @@ inline KlArgs kl_args(const at::Tensor& mu, const at::Tensor& logvar,
   a.grad = loss_grad_arg(grad, mu, "mu", reduction);
   a.prior_mu = prior_arg(prior_mu, "prior_mu", mu);
   a.prior_logvar = prior_arg(prior_logvar, "prior_logvar", mu);
-  a.mu = mu.contiguous();
-  a.logvar = logvar.contiguous();
+  a.mu = mu.contiguous(walk_format(mu));
+  a.logvar = logvar.contiguous(walk_format(mu));
   a.clamp = clamp_arg(lo, hi);
   if (clamp_unfused(backend, a.clamp)) {
     if (grad) a.unclamped = a.logvar;
@@ -225,14 +246,22 @@ inline KlArgs kl_args(const at::Tensor& mu, const at::Tensor& logvar,
 // ---- bernoulli_nll(_backward) ----
 struct BceArgs {
   at::Tensor logits, target, grad;  // contiguous; grad: backward ops
+  // contiguous, full size (an expanded view is copied: the kernels read every element at its flat
+  // index); undefined when absent
+  at::Tensor weight, pos_weight;
+  bool weighted() const { return weight.defined() || pos_weight.defined(); }
 };
 inline BceArgs bce_args(const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
-                        Backend backend, const at::Tensor* grad = nullptr) {
+                        Backend backend, const at::Tensor* grad = nullptr,
+                        const std::optional<at::Tensor>& weight = std::nullopt,
+                        const std::optional<at::Tensor>& pos_weight = std::nullopt) {
   check_first(logits, "logits", backend);
   check_like(target, "target", logits, "logits");
   check_reduction(reduction, logits, "logits");
   at::Tensor g = loss_grad_arg(grad, logits, "logits", reduction);
-  return {logits.contiguous(), target.contiguous(), g};
+  const at::MemoryFormat f = walk_format(logits);
+  return {logits.contiguous(f), target.contiguous(f), g, prior_arg(weight, "weight", logits, "logits"),
+          prior_arg(pos_weight, "pos_weight", logits, "logits")};
 }
 
 // ---- gaussian_nll(_backward) ----
@@ -247,7 +276,8 @@ inline GnllArgs gnll_args(const at::Tensor& mean, const at::Tensor& logvar,
   check_like(target, "target", mean, "mean");
   check_reduction(reduction, mean, "mean");
   at::Tensor g = loss_grad_arg(grad, mean, "mean", reduction);
-  return {mean.contiguous(), logvar.contiguous(), target.contiguous(), g};
+  const at::MemoryFormat f = walk_format(mean);
+  return {mean.contiguous(f), logvar.contiguous(f), target.contiguous(f), g};
 }
 
 }  // namespace vae_fast

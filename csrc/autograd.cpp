@@ -102,6 +102,16 @@ template <class Sig> c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
 using TT = std::tuple<Tensor, Tensor>;
 using TTT = std::tuple<Tensor, Tensor, Tensor>;
 using OptT = std::optional<Tensor>;
+using OptST = std::optional<at::ScalarType>;
+
+OptT opt(const Tensor& t) { return t.defined() ? OptT(t) : OptT(); }
+
+// the gradient of an output of out_dtype (autocast: float32) in the inputs' dtype, which the
+// backward ops take (no copy when they agree)
+Tensor in_dtype(const Tensor& grad, const Tensor& x) {
+  return grad.scalar_type() == x.scalar_type() ? grad : grad.to(x.scalar_type());
+}
+
 using OptF = std::optional<double>;  // logvar_min, logvar_max of the sampling and KL ops
 
 // the logvar bounds, kept for backward
@@ -127,17 +137,18 @@ VAE_FAST_OP(sample_and_kl_backward_op, "vae_fast::sample_and_kl_backward",
             TT(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t,
                OptF, OptF))
 VAE_FAST_OP(gaussian_kl_op, "vae_fast::gaussian_kl",
-            Tensor(const Tensor&, const Tensor&, const OptT&, const OptT&, int64_t, double, OptF,
+            Tensor(const Tensor&, const Tensor&, const OptT&, const OptT&, int64_t, double, OptST, OptF,
                    OptF))
 VAE_FAST_OP(gaussian_kl_backward_op, "vae_fast::gaussian_kl_backward",
             TTT(const Tensor&, const Tensor&, const Tensor&, const OptT&, const OptT&, int64_t,
                 double, OptF, OptF))
 VAE_FAST_OP(bernoulli_nll_op, "vae_fast::bernoulli_nll",
-            Tensor(const Tensor&, const Tensor&, int64_t, double))
+            Tensor(const Tensor&, const Tensor&, int64_t, double, const OptT&, const OptT&, OptST))
 VAE_FAST_OP(bernoulli_nll_backward_op, "vae_fast::bernoulli_nll_backward",
-            TT(const Tensor&, const Tensor&, const Tensor&, int64_t, double, bool))
+            TT(const Tensor&, const Tensor&, const Tensor&, int64_t, double, bool, const OptT&,
+               const OptT&))
 VAE_FAST_OP(gaussian_nll_op, "vae_fast::gaussian_nll",
-            Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double))
+            Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double, OptST))
 VAE_FAST_OP(gaussian_nll_backward_op, "vae_fast::gaussian_nll_backward",
             TT(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, double))
 #undef VAE_FAST_OP
@@ -213,14 +224,15 @@ struct SampleAndKl : torch::autograd::Function<SampleAndKl> {
 struct GaussianKl : torch::autograd::Function<GaussianKl> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
                         const OptT& prior_mu, const OptT& prior_logvar, int64_t reduction,
-                        double scale, OptF lo, OptF hi) {
+                        double scale, OptST out_dtype, OptF lo, OptF hi) {
     BelowAutograd guard;
     ctx->save_for_backward({mu, logvar, prior_mu.value_or(Tensor()),
                             prior_logvar.value_or(Tensor())});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["scale"] = scale;
     save_bounds(ctx, lo, hi);
-    return gaussian_kl_op().call(mu, logvar, prior_mu, prior_logvar, reduction, scale, lo, hi);
+    return gaussian_kl_op().call(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype, lo,
+                                 hi);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -229,26 +241,30 @@ struct GaussianKl : torch::autograd::Function<GaussianKl> {
     {
       at::AutoGradMode no_grad(false);
       std::tie(gmu, glv, gplv) = gaussian_kl_backward_op().call(
-          grads[0], mu, logvar, pmu.defined() ? OptT(pmu) : OptT(),
+          in_dtype(grads[0], mu), mu, logvar, pmu.defined() ? OptT(pmu) : OptT(),
           plv.defined() ? OptT(plv) : OptT(), ctx->saved_data["reduction"].toInt(),
           ctx->saved_data["scale"].toDouble(), bound(ctx, "logvar_min"), bound(ctx, "logvar_max"));
       if (pmu.defined() && ctx->needs_input_grad(2)) gpmu = -gmu;
       if (!plv.defined()) gplv = Tensor();
     }
-    return guard_double_backward({gmu, glv, gpmu, gplv, Tensor(), Tensor(), Tensor(), Tensor()},
-                                 grads, saved, "gaussian_kl", mu);
+    return guard_double_backward(
+        {gmu, glv, gpmu, gplv, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()}, grads, saved,
+        "gaussian_kl", mu);
   }
 };
 
-// ---- bernoulli_nll: grads (logits, target, reduction, scale); the target's only when needed
+// ---- bernoulli_nll: grads (logits, target, reduction, scale, weight, pos_weight, out_dtype); the
+// target's only when needed; weight and pos_weight have none (as in torch: refused when asked)
 struct BernoulliNll : torch::autograd::Function<BernoulliNll> {
   static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target,
-                        int64_t reduction, double scale) {
+                        int64_t reduction, double scale, const OptT& weight,
+                        const OptT& pos_weight, OptST out_dtype) {
     BelowAutograd guard;
-    ctx->save_for_backward({logits, target});
+    ctx->save_for_backward({logits, target, weight.value_or(Tensor()),
+                            pos_weight.value_or(Tensor())});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["scale"] = scale;
-    return bernoulli_nll_op().call(logits, target, reduction, scale);
+    return bernoulli_nll_op().call(logits, target, reduction, scale, weight, pos_weight, out_dtype);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -257,24 +273,24 @@ struct BernoulliNll : torch::autograd::Function<BernoulliNll> {
     {
       at::AutoGradMode no_grad(false);
       std::tie(gl, gt) = bernoulli_nll_backward_op().call(
-          grads[0], saved[0], saved[1], ctx->saved_data["reduction"].toInt(),
-          ctx->saved_data["scale"].toDouble(), target_grad);
+          in_dtype(grads[0], saved[0]), saved[0], saved[1], ctx->saved_data["reduction"].toInt(),
+          ctx->saved_data["scale"].toDouble(), target_grad, opt(saved[2]), opt(saved[3]));
     }
     if (!target_grad) gt = Tensor();
-    return guard_double_backward({gl, gt, Tensor(), Tensor()}, grads, saved, "bernoulli_nll",
-                                 saved[0]);
+    return guard_double_backward({gl, gt, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()}, grads,
+                                 saved, "bernoulli_nll", saved[0]);
   }
 };
 
 // ---- gaussian_nll: grads (mean, logvar, target, reduction, scale); d/d target is -d/d mean
 struct GaussianNll : torch::autograd::Function<GaussianNll> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mean, const Tensor& logvar,
-                        const Tensor& target, int64_t reduction, double scale) {
+                        const Tensor& target, int64_t reduction, double scale, OptST out_dtype) {
     BelowAutograd guard;
     ctx->save_for_backward({mean, logvar, target});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["scale"] = scale;
-    return gaussian_nll_op().call(mean, logvar, target, reduction, scale);
+    return gaussian_nll_op().call(mean, logvar, target, reduction, scale, out_dtype);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -282,11 +298,12 @@ struct GaussianNll : torch::autograd::Function<GaussianNll> {
     {
       at::AutoGradMode no_grad(false);
       std::tie(gm, glv) = gaussian_nll_backward_op().call(
-          grads[0], saved[0], saved[1], saved[2], ctx->saved_data["reduction"].toInt(),
+          in_dtype(grads[0], saved[0]), saved[0], saved[1], saved[2], ctx->saved_data["reduction"].toInt(),
           ctx->saved_data["scale"].toDouble());
       if (ctx->needs_input_grad(2)) gt = -gm;
     }
-    return guard_double_backward({gm, glv, gt, Tensor(), Tensor()}, grads, saved, "gaussian_nll",
+    return guard_double_backward({gm, glv, gt, Tensor(), Tensor(), Tensor()}, grads, saved,
+                                 "gaussian_nll",
                                  saved[0]);
   }
 };
@@ -316,37 +333,43 @@ TT sample_and_kl(const Tensor& mu, const Tensor& logvar, const Tensor& philox,
 }
 
 Tensor gaussian_kl(const Tensor& mu, const Tensor& logvar, const OptT& prior_mu,
-                   const OptT& prior_logvar, int64_t reduction, double scale, OptF lo, OptF hi) {
+                   const OptT& prior_logvar, int64_t reduction, double scale, OptST out_dtype,
+                   OptF lo, OptF hi) {
   const Tensor pmu = prior_mu.value_or(Tensor()), plv = prior_logvar.value_or(Tensor());
   check_no_forward_ad("gaussian_kl", {&mu, &logvar, &pmu, &plv});
   if (!needs_grad({&mu, &logvar, &pmu, &plv})) {
     BelowAutograd guard;
-    return gaussian_kl_op().call(mu, logvar, prior_mu, prior_logvar, reduction, scale, lo, hi);
+    return gaussian_kl_op().call(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype, lo,
+                                 hi);
   }
   check_no_functorch("gaussian_kl", mu);
-  return GaussianKl::apply(mu, logvar, prior_mu, prior_logvar, reduction, scale, lo, hi);
+  return GaussianKl::apply(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype, lo, hi);
 }
 
-Tensor bernoulli_nll(const Tensor& logits, const Tensor& target, int64_t reduction,
-                     double scale) {
+Tensor bernoulli_nll(const Tensor& logits, const Tensor& target, int64_t reduction, double scale,
+                     const OptT& weight, const OptT& pos_weight, OptST out_dtype) {
+  const Tensor w = weight.value_or(Tensor()), pw = pos_weight.value_or(Tensor());
   check_no_forward_ad("bernoulli_nll", {&logits, &target});
-  if (!needs_grad({&logits, &target})) {
+  if (!needs_grad({&logits, &target, &w, &pw})) {
     BelowAutograd guard;
-    return bernoulli_nll_op().call(logits, target, reduction, scale);
+    return bernoulli_nll_op().call(logits, target, reduction, scale, weight, pos_weight, out_dtype);
   }
+  TORCH_CHECK(!(w.defined() && w.requires_grad()) && !(pw.defined() && pw.requires_grad()),
+              "vae_fast::bernoulli_nll: not differentiable with respect to 'weight' / 'pos_weight' "
+              "(as in torch's binary_cross_entropy_with_logits); they must not require grad");
   check_no_functorch("bernoulli_nll", logits);
-  return BernoulliNll::apply(logits, target, reduction, scale);
+  return BernoulliNll::apply(logits, target, reduction, scale, weight, pos_weight, out_dtype);
 }
 
 Tensor gaussian_nll(const Tensor& mean, const Tensor& logvar, const Tensor& target,
-                    int64_t reduction, double scale) {
+                    int64_t reduction, double scale, OptST out_dtype) {
   check_no_forward_ad("gaussian_nll", {&mean, &logvar, &target});
   if (!needs_grad({&mean, &logvar, &target})) {
     BelowAutograd guard;
-    return gaussian_nll_op().call(mean, logvar, target, reduction, scale);
+    return gaussian_nll_op().call(mean, logvar, target, reduction, scale, out_dtype);
   }
   check_no_functorch("gaussian_nll", mean);
-  return GaussianNll::apply(mean, logvar, target, reduction, scale);
+  return GaussianNll::apply(mean, logvar, target, reduction, scale, out_dtype);
 }
 
 }  // namespace

@@ -35,15 +35,18 @@ TORCH_LIBRARY(vae_fast, m) {
         " Tensor philox, int num_samples, float? logvar_min=None, float? logvar_max=None)"
         " -> (Tensor, Tensor)");
   m.def("gaussian_kl(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar,"
-        " int reduction, float scale, float? logvar_min=None, float? logvar_max=None) -> Tensor");
+        " int reduction, float scale, ScalarType? out_dtype=None, float? logvar_min=None,"
+        " float? logvar_max=None) -> Tensor");
   m.def("gaussian_kl_backward(Tensor grad, Tensor mu, Tensor logvar, Tensor? prior_mu,"
         " Tensor? prior_logvar, int reduction, float scale, float? logvar_min=None,"
         " float? logvar_max=None) -> (Tensor, Tensor, Tensor)");
-  m.def("bernoulli_nll(Tensor logits, Tensor target, int reduction, float scale) -> Tensor");
+  m.def("bernoulli_nll(Tensor logits, Tensor target, int reduction, float scale,"
+        " Tensor? weight=None, Tensor? pos_weight=None, ScalarType? out_dtype=None) -> Tensor");
   m.def("bernoulli_nll_backward(Tensor grad, Tensor logits, Tensor target, int reduction,"
-        " float scale, bool target_grad) -> (Tensor, Tensor)");
-  m.def("gaussian_nll(Tensor mean, Tensor logvar, Tensor target, int reduction, float scale)"
-        " -> Tensor");
+        " float scale, bool target_grad, Tensor? weight=None, Tensor? pos_weight=None)"
+        " -> (Tensor, Tensor)");
+  m.def("gaussian_nll(Tensor mean, Tensor logvar, Tensor target, int reduction, float scale,"
+        " ScalarType? out_dtype=None) -> Tensor");
   m.def("gaussian_nll_backward(Tensor grad, Tensor mean, Tensor logvar, Tensor target,"
         " int reduction, float scale) -> (Tensor, Tensor)");
 }

@@ -127,6 +127,32 @@ template <class T> VAE_HD T sigmoid(T x) {
 template <class T> VAE_HD T bce_grad_logits(T g, T x, T t) { return g * (sigmoid(x) - t); }
 template <class T> VAE_HD T bce_grad_target(T g, T x) { return -g * x; }
 
+// ---- weighted: F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw) ----
+// w * ((1 - t) x + (1 + (pw - 1) t) softplus(-x)) = w * (bce(x, t) + (pw - 1) t softplus(-x));
+// a separate formula so that the unweighted kernels stay as they are. softplus(-x) is
+// max(-x, 0) + log1p(exp(-|x|)).
+template <class T> VAE_HD T softplus_neg(T x) {
+  const T ax = x < T(0) ? -x : x;
+  return (x < T(0) ? -x : T(0)) + vlog1p(vexp(-ax));
+}
+template <class T> VAE_HD T bce_w(T x, T t, T w, T pw) {
+  return w * (bce(x, t) + (pw - T(1)) * t * softplus_neg(x));
+}
+// d/dx: w * ((sigmoid(x) - t) + (pw - 1) t (sigmoid(x) - 1)); d/dt: w * ((pw - 1) softplus(-x) - x);
+// both from one exp(-|x|) (sigmoid and softplus written out to share it)
+template <class T>
+VAE_HD void bce_w_grad(T g, T x, T t, T w, T pw, T* grad_logits, T* grad_target) {
+  const bool neg = x < T(0);
+  const T ax = neg ? -x : x;
+  const T e = vexp(-ax);
+  const T inv = vdiv12(T(1), T(1) + e);
+  const T s = neg ? e * inv : inv;
+  const T sp = (neg ? ax : T(0)) + vlog1p(e);
+  const T gw = g * w, pm1 = pw - T(1);
+  *grad_logits = gw * ((s - t) + pm1 * t * (s - T(1)));
+  *grad_target = gw * (pm1 * sp - x);
+}
+
 // ---- Gaussian NLL: 0.5*(log(2*pi) + lv + q^2), q = (t - m) * exp(-lv/2) (finite at t == m for
 // any lv: (t - m)^2 * exp(-lv) is 0 * inf = NaN once exp(-lv) overflows) ----
 template <class T> VAE_HD T gauss_nll(T m, T lv, T t) {

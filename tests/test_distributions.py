@@ -234,9 +234,9 @@ def test_ops_clamp_equals_op_on_clamped_logvar(backend, dtype, lo, hi):
     calls = [
         ("reparameterize", lambda l, *b: ns.reparameterize(mu, l, philox, 2, *b)),
         ("sample_and_kl", lambda l, *b: ns.sample_and_kl(mu, l, philox, 1, *b)),
-    ] + [(f"gaussian_kl r{r}", lambda l, *b, r=r: ns.gaussian_kl(mu, l, None, None, r, 0.5, *b))
+    ] + [(f"gaussian_kl r{r}", lambda l, *b, r=r: ns.gaussian_kl(mu, l, None, None, r, 0.5, None, *b))
          for r in (NONE, SUM, ROWS)] + [
-        ("gaussian_kl prior", lambda l, *b: ns.gaussian_kl(mu, l, pmu, plv.clamp(-3, 3), ROWS, 1.0, *b))]
+        ("gaussian_kl prior", lambda l, *b: ns.gaussian_kl(mu, l, pmu, plv.clamp(-3, 3), ROWS, 1.0, None, *b))]
     for name, call in calls:
         out = call(lv, lo, hi)
         lv2 = lv.detach().clone().requires_grad_()
@@ -269,15 +269,15 @@ def test_ops_clamp_opcheck_and_bad_bounds(backend):
     p = philox_state(device)
     g = torch.randn(4, device=device)
     for op, args in (("reparameterize", (mu, lv, p, 2, -1.0, 1.0)), ("sample_and_kl", (mu, lv, p, 1, None, 1.0)),
-                     ("gaussian_kl", (mu, lv, None, None, ROWS, 1.0, -1.0, None)),
-                     ("gaussian_kl", (mu, lv, mu.detach(), lv.detach(), ROWS, 1.0, -1.0, 1.0)),
+                     ("gaussian_kl", (mu, lv, None, None, ROWS, 1.0, None, -1.0, None)),
+                     ("gaussian_kl", (mu, lv, mu.detach(), lv.detach(), ROWS, 1.0, None, -1.0, 1.0)),
                      ("sample_and_kl_backward", (torch.randn(1, 4, 6, device=device), g, mu.detach(), lv.detach(),
                                                  p, 1, -1.0, 1.0)),
                      ("gaussian_kl_backward", (g, mu.detach(), lv.detach(), None, None, ROWS, 1.0, -1.0, 1.0))):
         torch.library.opcheck(getattr(ns, op).default, args)
     if backend != "triton":  # the native ops check their bounds (the Python layer checks them first)
         with pytest.raises(RuntimeError, match="logvar_min: expected a number <= logvar_max"):
-            ns.gaussian_kl(mu, lv, None, None, ROWS, 1.0, 2.0, 1.0)
+            ns.gaussian_kl(mu, lv, None, None, ROWS, 1.0, None, 2.0, 1.0)
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -321,7 +321,7 @@ def test_ops_clamp_gradient_is_zero_on_the_bounds(backend):
     mu = torch.ones_like(lv)
     z, kl = ns.sample_and_kl(mu, lv, philox_state(device), 1, -30.0, 20.0)
     g_sample, = torch.autograd.grad(z.sum() + kl.sum(), lv)
-    g_kl, = torch.autograd.grad(ns.gaussian_kl(mu, lv, None, None, ROWS, 1.0, -30.0, 20.0).sum(), lv)
+    g_kl, = torch.autograd.grad(ns.gaussian_kl(mu, lv, None, None, ROWS, 1.0, None, -30.0, 20.0).sum(), lv)
     for g in (g_sample, g_kl):
         assert (g[0, :2] == 0).all() and (g[0, 2:] != 0).all(), g
 

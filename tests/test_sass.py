@@ -38,6 +38,9 @@ TENSORS = {
     ("loss_forward", "KlStdFwd"): 2, ("loss_forward", "KlFwd"): 4,
     ("loss_backward", "BceBwd"): 3, ("loss_backward", "GnllBwd"): 5,      # + 1 grad when NONE
     ("loss_backward", "KlStdBwd"): 4, ("loss_backward", "KlBwd"): 6,
+    # weighted BCE <weight?, pos_weight?>: + 1 tensor per weight
+    ("loss_forward", "BceWFwd<1,0>"): 3, ("loss_forward", "BceWFwd<0,1>"): 3, ("loss_forward", "BceWFwd<1,1>"): 4,
+    ("loss_backward", "BceWBwd<1,0>"): 4, ("loss_backward", "BceWBwd<0,1>"): 4, ("loss_backward", "BceWBwd<1,1>"): 5,
 }
 DTYPES = {"float32": ("f", 4), "bfloat16": ("N3c108BFloat16E", 2)}
 
@@ -83,6 +86,9 @@ def describe(mangled, dtype_code):
         return None
     kernel, flag = m.group(1), m.group(3) == "1"
     functor = mangled[m.end():m.end() + int(m.group(4))] if m.group(4) else None  # <length><name>
+    flags = re.match(r"ILb([01])ELb([01])EE", mangled[m.end() + int(m.group(4) or 0):])
+    if functor and flags:  # a functor template's bool arguments (the weighted BCE)
+        functor += f"<{flags.group(1)},{flags.group(2)}>"
     if kernel.startswith("sample"):
         return kernel, "KL" if flag else "no KL", None
     # loss_forward<NIN, REDUCE, ...>, loss_backward<NIN, NOUT, GRAD_EACH, ...>
@@ -167,7 +173,7 @@ def float_kernels():
     if reason:
         pytest.skip(reason)
     rows = report(so_path())
-    assert len(rows) == 20, sorted((r["kernel"], r["variant"], r["reduction"]) for r in rows)
+    assert len(rows) == 32, sorted((r["kernel"], r["variant"], r["reduction"]) for r in rows)
     return rows
 
 

@@ -82,7 +82,7 @@ def exercise():
             t.sample_and_kl_backward(torch.rand((1, *shape), dtype=dtype), torch.rand(shape[0], dtype=dtype),
                                      a, b, p, 1, -30.0, 20.0)
             t.reparameterize(a, b, p, 1, None, 20.0)
-            t.gaussian_kl(a, b, None, None, ROWS, 1.0, -30.0, 20.0)
+            t.gaussian_kl(a, b, None, None, ROWS, 1.0, None, -30.0, 20.0)
             t.gaussian_kl_backward(a.reshape(-1)[:shape[0]], a, b, None, None, ROWS, 1.0, -30.0, 20.0)
             for red, grad in ((NONE, a), (SUM, torch.tensor(1.0, dtype=dtype)), (ROWS, a.reshape(-1)[:shape[0]])):
                 for scale in (0.5, 1 / 3):  # the bits of 1/3 are not divisible by 16: no new variant
@@ -96,6 +96,14 @@ def exercise():
                     t.gaussian_kl_backward(grad, a, b, c, c, red, scale)
                     t.gaussian_nll(a, b, c, red, scale)
                     t.gaussian_nll_backward(grad, a, b, c, red, scale)
+                for w, pw in ((c, None), (None, c), (c, c)):  # weighted BCE (weights of logits' shape)
+                    t.bernoulli_nll(a, b, red, 0.5, w, pw)
+                    t.bernoulli_nll_backward(grad, a, b, red, 0.5, True, w, pw)
+                    t.bernoulli_nll_backward(grad, a, b, red, 0.5, False, w, pw)
+                if dtype == torch.bfloat16:  # autocast: float32 outputs of 16-bit inputs
+                    t.bernoulli_nll(a, b, red, 0.5, out_dtype=torch.float32)
+                    t.gaussian_nll(a, b, c, red, 0.5, out_dtype=torch.float32)
+                    t.gaussian_kl(a, b, None, None, red, 0.5, out_dtype=torch.float32)
 
 
 def specialise(kernel, args, kwargs, backend):
@@ -147,7 +155,9 @@ def elementwise_inputs(name, consts):
     """How many tensors a launch reads element by element (a reduced gradient is read per row)."""
     grad = 0 if consts.get("REDUCE") else 1
     priors = int(bool(consts.get("HAS_PMU"))) + int(bool(consts.get("HAS_PLV")))
+    weights = int(bool(consts.get("HAS_W"))) + int(bool(consts.get("HAS_PW")))
     return {"kl_fwd": 2 + priors, "kl_bwd": grad + 2 + priors, "bce_fwd": 2, "bce_bwd": grad + 2,
+            "bce_w_fwd": 2 + weights, "bce_w_bwd": grad + 2 + weights,
             "gnll_fwd": 3, "gnll_bwd": grad + 3, "sample_fwd": 2,
             "sample_bwd": 2 + int(bool(consts.get("REDUCE")))}[name]
 

@@ -6,7 +6,7 @@
 __version__ = "0.1.0"
 
 from . import _native  # noqa: F401  (loads vae_fast._C when built; never fails)
-from . import _ops
+from . import _ops, nn
 from ._backends import available_backends, use_backend
 from .functional import (
     bernoulli_nll,
@@ -18,11 +18,13 @@ from .functional import (
 )
 from .distributions import DiagonalGaussian
 
+from .nn import gaussian_nll_loss
+
 # the Triton backend loads on first use (vae_fast/_triton_loader.py): importing it costs seconds
 if _native.available():
     _ops.register("vae_fast", fakes=True)
 
 __all__ = [
     "available_backends", "use_backend", "reparameterize", "sample_and_kl", "gaussian_kl",
-    "bernoulli_nll", "gaussian_nll", "negative_elbo", "DiagonalGaussian",
+    "bernoulli_nll", "gaussian_nll", "negative_elbo", "nn", "gaussian_nll_loss", "DiagonalGaussian",
 ]

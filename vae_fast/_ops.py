@@ -46,34 +46,38 @@ def _autograd(ns):
         return gmu, glv, None, None, None, None
 
     def setup_kl(ctx, inputs, output):
-        mu, logvar, pmu, plv, ctx.reduction, ctx.scale, *bounds = inputs
+        mu, logvar, pmu, plv, ctx.reduction, ctx.scale, _, *bounds = _pad(inputs, 9)  # _: out_dtype
         ctx.save_for_backward(mu, logvar, pmu, plv)
         ctx.bounds = (*bounds, None, None)[:2]
 
     def kl_bwd(ctx, grad):
         mu, logvar, pmu, plv = ctx.saved_tensors
-        gmu, glv, gplv = ns.gaussian_kl_backward(grad, mu, logvar, pmu, plv, ctx.reduction, ctx.scale,
-                                                 *ctx.bounds)
+        gmu, glv, gplv = ns.gaussian_kl_backward(grad.to(mu.dtype), mu, logvar, pmu, plv, ctx.reduction,
+                                                 ctx.scale, *ctx.bounds)
         return (gmu, glv, -gmu if pmu is not None and _need(ctx, 2) else None,
-                gplv if plv is not None else None, None, None, None, None)
+                gplv if plv is not None else None, None, None, None, None, None)
 
     def setup_bce(ctx, inputs, output):
-        logits, target, ctx.reduction, ctx.scale = inputs
-        ctx.save_for_backward(logits, target)
+        logits, target, ctx.reduction, ctx.scale, weight, pos_weight, _ = _pad(inputs, 7)
+        _no_grad_for("bernoulli_nll", ctx, 4, "weight", 5, "pos_weight")
+        ctx.save_for_backward(logits, target, weight, pos_weight)
 
     def bce_bwd(ctx, grad):
-        logits, target = ctx.saved_tensors
-        gl, gt = ns.bernoulli_nll_backward(grad, logits, target, ctx.reduction, ctx.scale, _need(ctx, 1))
-        return gl, gt if _need(ctx, 1) else None, None, None
+        logits, target, weight, pos_weight = ctx.saved_tensors
+        gl, gt = ns.bernoulli_nll_backward(grad.to(logits.dtype), logits, target, ctx.reduction, ctx.scale,
+                                           _need(ctx, 1), weight, pos_weight)
+        return gl, gt if _need(ctx, 1) else None, None, None, None, None, None
 
     def setup_gnll(ctx, inputs, output):
-        mean, logvar, target, ctx.reduction, ctx.scale = inputs
+        mean, logvar, target, ctx.reduction, ctx.scale, _ = _pad(inputs, 6)
         ctx.save_for_backward(mean, logvar, target)
 
     def gnll_bwd(ctx, grad):
         mean, logvar, target = ctx.saved_tensors
-        gm, glv = ns.gaussian_nll_backward(grad, mean, logvar, target, ctx.reduction, ctx.scale)
-        return gm, glv, -gm if _need(ctx, 2) else None, None, None
+        # grad.to: an out_dtype output (autocast: float32) has a gradient of its dtype; the backward
+        # op takes the inputs' (a no-op otherwise)
+        gm, glv = ns.gaussian_nll_backward(grad.to(mean.dtype), mean, logvar, target, ctx.reduction, ctx.scale)
+        return gm, glv, -gm if _need(ctx, 2) else None, None, None, None
 
     return {
         "reparameterize": (setup_sampling, reparameterize_bwd),
@@ -84,12 +88,28 @@ def _autograd(ns):
     }
 
 
+def _pad(inputs, n):
+    """The op's inputs with the trailing defaulted arguments that the caller left out (None)."""
+    return tuple(inputs) + (None,) * (n - len(inputs))
+
+
+def _no_grad_for(op, ctx, *index_names):
+    """Like torch's binary_cross_entropy_with_logits: no gradient for weight / pos_weight; asking
+    for one raises instead of silently returning None."""
+    for i, name in zip(index_names[::2], index_names[1::2]):
+        if len(ctx.needs_input_grad) > i and ctx.needs_input_grad[i]:
+            raise RuntimeError(f"vae_fast::{op}: not differentiable with respect to {name!r} (as in torch's "
+                               f"binary_cross_entropy_with_logits); it must not require grad")
+
+
 def register(namespace: str, *, fakes: bool) -> None:
     """Autograd (and, for ops defined in C++, fake kernels) for every op of `namespace`."""
     ns = getattr(torch.ops, namespace)
     if fakes:
         for name in SCHEMAS:
             torch.library.register_fake(f"{namespace}::{name}", FAKES[name])
+    from . import _autocast
+    _autocast.register(namespace)
     if namespace == "vae_fast" and torch._C._dispatch_has_kernel_for_dispatch_key(
             "vae_fast::reparameterize", "Autograd"):
         return  # autograd in C++ (csrc/autograd.cpp): ~14 us per call cheaper than the Python one

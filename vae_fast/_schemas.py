@@ -20,16 +20,22 @@ SCHEMAS = {
         " float? logvar_min=None, float? logvar_max=None) -> (Tensor, Tensor)",
     "gaussian_kl":
         "(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, int reduction,"
-        " float scale, float? logvar_min=None, float? logvar_max=None) -> Tensor",
+        " float scale, ScalarType? out_dtype=None, float? logvar_min=None, float? logvar_max=None)"
+        " -> Tensor",
     "gaussian_kl_backward":
         "(Tensor grad, Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar,"
         " int reduction, float scale, float? logvar_min=None, float? logvar_max=None) -> (Tensor, Tensor, Tensor)",
-    "bernoulli_nll": "(Tensor logits, Tensor target, int reduction, float scale) -> Tensor",
+    # weight / pos_weight (F.binary_cross_entropy_with_logits) have logits' shape; out_dtype: the
+    # forward output's dtype (None: the inputs'; float32 under autocast, see _autocast.py)
+    "bernoulli_nll":
+        "(Tensor logits, Tensor target, int reduction, float scale, Tensor? weight=None,"
+        " Tensor? pos_weight=None, ScalarType? out_dtype=None) -> Tensor",
     "bernoulli_nll_backward":
-        "(Tensor grad, Tensor logits, Tensor target, int reduction, float scale, bool target_grad)"
-        " -> (Tensor, Tensor)",
+        "(Tensor grad, Tensor logits, Tensor target, int reduction, float scale, bool target_grad,"
+        " Tensor? weight=None, Tensor? pos_weight=None) -> (Tensor, Tensor)",
     "gaussian_nll":
-        "(Tensor mean, Tensor logvar, Tensor target, int reduction, float scale) -> Tensor",
+        "(Tensor mean, Tensor logvar, Tensor target, int reduction, float scale,"
+        " ScalarType? out_dtype=None) -> Tensor",
     "gaussian_nll_backward":
         "(Tensor grad, Tensor mean, Tensor logvar, Tensor target, int reduction, float scale)"
         " -> (Tensor, Tensor)",

@@ -15,9 +15,24 @@ def reduced(x: torch.Tensor, reduction: int):
     return ()
 
 
-def new(x: torch.Tensor, shape) -> torch.Tensor:
-    """A contiguous tensor like x (the ops always return contiguous outputs)."""
-    return torch.empty(shape, dtype=x.dtype, device=x.device)
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout the loss kernels walk (csrc/args.h walk_format, triton/ops.py): a channels-last x
+    in its own memory order, so that its elementwise outputs and gradients are channels-last too;
+    anything else row-major."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def new(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    """A tensor like x: contiguous, or in x's memory_format when it has x's shape (elementwise
+    outputs and gradients of the loss ops); `dtype`: a forward op's out_dtype (None: x's)."""
+    fmt = memory_format(x) if tuple(shape) == tuple(x.shape) else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
 
 
 def empty(x: torch.Tensor) -> torch.Tensor:
@@ -31,13 +46,17 @@ FAKES = {
         new(mu, (S, *mu.shape)), new(mu, reduced(mu, ROWS))),
     "sample_and_kl_backward":
         lambda grad_z, grad_kl, mu, logvar, philox, S, lo=None, hi=None: (new(mu, mu.shape), new(logvar, logvar.shape)),
-    "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale, lo=None, hi=None: new(mu, reduced(mu, reduction)),
+    "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale, out_dtype=None, lo=None, hi=None:
+        new(mu, reduced(mu, reduction), out_dtype),
     "gaussian_kl_backward": lambda grad, mu, logvar, pmu, plv, reduction, scale, lo=None, hi=None: (
         new(mu, mu.shape), new(logvar, logvar.shape), new(mu, mu.shape) if plv is not None else empty(mu)),
-    "bernoulli_nll": lambda logits, target, reduction, scale: new(logits, reduced(logits, reduction)),
-    "bernoulli_nll_backward": lambda grad, logits, target, reduction, scale, target_grad: (
-        new(logits, logits.shape), new(target, target.shape) if target_grad else empty(logits)),
-    "gaussian_nll": lambda mean, logvar, target, reduction, scale: new(mean, reduced(mean, reduction)),
+    "bernoulli_nll": lambda logits, target, reduction, scale, weight=None, pos_weight=None, out_dtype=None:
+        new(logits, reduced(logits, reduction), out_dtype),
+    "bernoulli_nll_backward":
+        lambda grad, logits, target, reduction, scale, target_grad, weight=None, pos_weight=None: (
+            new(logits, logits.shape), new(target, target.shape) if target_grad else empty(logits)),
+    "gaussian_nll": lambda mean, logvar, target, reduction, scale, out_dtype=None:
+        new(mean, reduced(mean, reduction), out_dtype),
     "gaussian_nll_backward":
         lambda grad, mean, logvar, target, reduction, scale: (new(mean, mean.shape), new(logvar, logvar.shape)),
 }

@@ -221,4 +221,4 @@ def _reparameterize(ns, mean, logvar, philox, lo, hi):
 
 
 def _gaussian_kl(ns, mean, logvar, pmu, plv, code, lo, hi):
-    return ns.gaussian_kl(mean, logvar, pmu, plv, code, 1.0, lo, hi)
+    return ns.gaussian_kl(mean, logvar, pmu, plv, code, 1.0, None, lo, hi)  # None: out_dtype

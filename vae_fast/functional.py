@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _autocast
 from . import _validate as check
 from . import reference
 from ._backends import resolve
@@ -109,7 +110,7 @@ def sample_and_kl(mu: Tensor, logvar: Tensor, *, num_samples: int | None = None,
     mu, logvar = _promote(mu, logvar)
     if ns is None:
         z = reference.reparameterize(mu, logvar, _reference_eps(mu, num_samples, generator))
-        return z, reference.per_sample(reference.gaussian_kl(mu, logvar))
+        return z, reference.per_sample(reference.gaussian_kl(*_autocast.reference_inputs(device, mu, logvar)))
     z, kl = ns.sample_and_kl(mu, logvar, philox_state(device, generator), S)
     return _one_sample(z, num_samples), kl
 
@@ -130,6 +131,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None = None,
     ns = resolve(backend, mu.device)
     mu, logvar, prior_mu, prior_logvar = _promote(mu, logvar, prior_mu, prior_logvar)
     if ns is None:
+        mu, logvar, prior_mu, prior_logvar = _autocast.reference_inputs(mu.device, mu, logvar, prior_mu, prior_logvar)
         return reference.reduce(reference.gaussian_kl(mu, logvar, prior_mu, prior_logvar), reduction)
     return ns.gaussian_kl(mu, logvar, _prior(prior_mu, mu), _prior(prior_logvar, mu), code, scale)
 
@@ -141,14 +143,37 @@ def _reduce_reference(x, reduction):
     return reference.per_sample(x) if reduction == PER_SAMPLE else reference.reduce(x, reduction)
 
 
-def _bernoulli_nll(logits, target, reduction, backend):
+def _loss_weight(name, w, logits):
+    """weight / pos_weight of bernoulli_nll: broadcastable to logits, and (as in torch) not
+    differentiable."""
+    if w is None:
+        return
+    check.prior(name, w, "logits", logits)
+    if w.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"{name}: bernoulli_nll is not differentiable with respect to {name} (like "
+                           f"F.binary_cross_entropy_with_logits); expected requires_grad=False")
+
+
+def _bernoulli_nll(logits, target, reduction, backend, weight=None, pos_weight=None):
     check.pair("logits", logits, "target", target)
     code, scale = _reduction_args(logits, reduction, "logits")
     ns = resolve(backend, logits.device)
-    logits, target = _promote(logits, target)
+    if weight is None and pos_weight is None:  # the common case: nothing more to check or pass
+        logits, target = _promote(logits, target)
+        if ns is None:
+            logits, target = _autocast.reference_inputs(logits.device, logits, target)
+            return _reduce_reference(reference.bernoulli_nll(logits, target), reduction)
+        return ns.bernoulli_nll(logits, target, code, scale)
+    _loss_weight("weight", weight, logits)
+    _loss_weight("pos_weight", pos_weight, logits)
+    weight, pos_weight = _autocast.loss_weights(logits, weight, pos_weight)
+    logits, target, weight, pos_weight = _promote(logits, target, weight, pos_weight)
     if ns is None:
-        return _reduce_reference(reference.bernoulli_nll(logits, target), reduction)
-    return ns.bernoulli_nll(logits, target, code, scale)
+        logits, target, weight, pos_weight = _autocast.reference_inputs(logits.device, logits, target, weight,
+                                                                         pos_weight)
+        return _reduce_reference(reference.bernoulli_nll(logits, target, weight, pos_weight), reduction)
+    # stride-0 views: the kernels read weights of logits' shape (the op makes them contiguous)
+    return ns.bernoulli_nll(logits, target, code, scale, _prior(weight, logits), _prior(pos_weight, logits))
 
 
 def _gaussian_nll(mean, logvar, target, reduction, backend):
@@ -159,15 +184,18 @@ def _gaussian_nll(mean, logvar, target, reduction, backend):
     ns = resolve(backend, mean.device)
     mean, logvar, target = _promote(mean, logvar, target)
     if ns is None:
+        mean, logvar, target = _autocast.reference_inputs(mean.device, mean, logvar, target)
         return _reduce_reference(reference.gaussian_nll(mean, logvar, target), reduction)
     return ns.gaussian_nll(mean, logvar.expand(mean.shape), target, code, scale)
 
 
-def bernoulli_nll(logits: Tensor, target: Tensor, *, reduction: str = "mean",
+def bernoulli_nll(logits: Tensor, target: Tensor, weight: Tensor | None = None, *,
+                  pos_weight: Tensor | None = None, reduction: str = "mean",
                   backend: str | None = None) -> Tensor:
     """Binary cross-entropy on logits: a drop-in for F.binary_cross_entropy_with_logits
-    (same values, same `reduction` meaning and default), plus reduction="batchmean"."""
-    return _bernoulli_nll(logits, target, check.reduction(reduction), backend)
+    (same values, same `weight`, `pos_weight` (both broadcast to logits, fused into the kernel, not
+    differentiable), same `reduction` meaning and default), plus reduction="batchmean"."""
+    return _bernoulli_nll(logits, target, check.reduction(reduction), backend, weight, pos_weight)
 
 
 def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, *, reduction: str = "mean",
@@ -210,6 +238,7 @@ def negative_elbo(logits: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, *,
     ns = resolve(backend, logits.device)
     (logits, target), (mu, logvar) = _promote(logits, target), _promote(mu, logvar)
     if ns is None:
+        logits, target, mu, logvar = _autocast.reference_inputs(logits.device, logits, target, mu, logvar)
         return reference.negative_elbo(logits, target, mu, logvar, beta=beta, free_bits=free_bits,
                                        reduction=reduction)
     batch = mu.shape[0]

@@ -77,10 +77,16 @@ def _scaled(d: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(zero, 0.0, d) * torch.exp(torch.where(zero, 0.0, -0.5 * v))
 
 
-def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Elementwise -log Bernoulli(target; sigmoid(logits)), stable for any logit."""
+def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                  pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Elementwise -log Bernoulli(target; sigmoid(logits)), stable for any logit. With weight /
+    pos_weight (broadcast to logits), F.binary_cross_entropy_with_logits's
+    weight * ((1 - t) x + (1 + (pos_weight - 1) t) softplus(-x))."""
     check.pair("logits", logits, "target", target)
-    return _softplus(logits) - logits * target
+    nll = _softplus(logits) - logits * target
+    if pos_weight is not None:  # softplus(-x) = softplus(x) - x
+        nll = nll + (pos_weight - 1.0) * target * (_softplus(logits) - logits)
+    return nll if weight is None else nll * weight
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:

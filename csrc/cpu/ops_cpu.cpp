@@ -170,6 +170,25 @@ VAE_CLONES void bce_grad_loop(const T* g, const T* x, const T* t, T* gx, T* gt, 
     for (int64_t i = 0; i < n; ++i) gt[i] = vae::bce_grad_target(g[i], x[i]);
 }
 
+// weighted (weight / pos_weight: ones when absent)
+template <class T>
+VAE_CLONES void bce_w_loop(const T* x, const T* t, const T* w, const T* pw, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = vae::bce_w(x[i], t[i], w[i], pw[i]);
+}
+
+template <class T>
+VAE_CLONES void bce_w_grad_loop(const T* g, const T* x, const T* t, const T* w, const T* pw, T* gx,
+                                T* gt, int64_t n) {
+  if (gt) {
+    for (int64_t i = 0; i < n; ++i) vae::bce_w_grad(g[i], x[i], t[i], w[i], pw[i], &gx[i], &gt[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      T unused;  // the target's gradient, not wanted: a dead store the compiler drops
+      vae::bce_w_grad(g[i], x[i], t[i], w[i], pw[i], &gx[i], &unused);
+    }
+  }
+}
+
 template <class T>
 VAE_CLONES void gnll_loop(const T* m, const T* lv, const T* t, T* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = vae::gauss_nll(m[i], lv[i], t[i]);
@@ -268,29 +287,42 @@ const T* grad_block(const S* grad, int64_t reduction, double scale, int64_t C, i
   return buf;
 }
 
-// The forward of an elementwise loss: terms(begin, n, out) writes the terms of elements
-// [begin, begin + n) as T; the result is shaped by the reduction (docs/ops.md).
-template <class S, class Terms>
-at::Tensor reduce_forward(const at::Tensor& x, int64_t reduction, double scale, const Terms& terms) {
+// The forward of an elementwise loss into `out` of storage type O (the input's S, or float for a
+// 16-bit S: out_dtype): terms(begin, n, out) writes the terms of elements [begin, begin + n) as T.
+template <class S, class O, class Terms>
+void reduce_into(const at::Tensor& out, const at::Tensor& x, int64_t reduction, double scale,
+                 const Terms& terms) {
   using T = at::opmath_type<S>;
   const int64_t n = x.numel();
-  at::Tensor out = forward_out(x, reduction);
+  O* o = out.data_ptr<O>();
   if (reduction == kNone) {
-    S* o = out.data_ptr<S>();
     for_blocks<T>(1, n, nullptr, [&](int64_t b, int64_t len, T*) {
       alignas(64) T buf[kBlock];
       T* v = out_ptr(o + b, buf);
       terms(b, len, v);
       flush(o + b, v, len);
     });
-    return out;
+    return;
   }
   const int64_t R = reduction == kRows ? rows_of(x) : 1;
   std::vector<double> sums(R, 0.0);
   for_blocks<T>(R, R ? n / R : 0, sums.data(),
                 [&](int64_t b, int64_t len, T* vals) { terms(b, len, vals); });
-  S* o = out.data_ptr<S>();
-  for (int64_t r = 0; r < R; ++r) o[r] = static_cast<S>(static_cast<T>(sums[r] * scale));
+  for (int64_t r = 0; r < R; ++r) o[r] = static_cast<O>(static_cast<T>(sums[r] * scale));
+}
+
+// ... shaped by the reduction (docs/ops.md), of x's dtype or out_dtype
+template <class S, class Terms>
+at::Tensor reduce_forward(const at::Tensor& x, int64_t reduction, double scale, const Terms& terms,
+                          std::optional<at::ScalarType> out_dtype = std::nullopt) {
+  at::Tensor out = forward_out(x, reduction, out_dtype);
+  if constexpr (sizeof(S) == 2) {
+    if (out.scalar_type() == at::kFloat) {
+      reduce_into<S, float>(out, x, reduction, scale, terms);
+      return out;
+    }
+  }
+  reduce_into<S, S>(out, x, reduction, scale, terms);
   return out;
 }
 
@@ -400,8 +432,8 @@ using Sampling = SamplingOps<Backend::kCpu, sample, sample_backward>;
 at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
                        const std::optional<at::Tensor>& prior_mu,
                        const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
-                       double scale, std::optional<double> logvar_min,
-                       std::optional<double> logvar_max) {
+                       double scale, std::optional<at::ScalarType> out_dtype,
+                       std::optional<double> logvar_min, std::optional<double> logvar_max) {
   const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCpu,
                            logvar_min, logvar_max);
   at::Tensor out;
@@ -422,7 +454,7 @@ at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
       const T* pmv = ppm ? load(ppm + b, n, bpm) : (std::fill(bpm, bpm + n, T(0)), bpm);
       const T* plvv = ppl ? load(ppl + b, n, bpl) : (std::fill(bpl, bpl + n, T(0)), bpl);
       kl_loop(m, l, pmv, plvv, v, n);
-    });
+    }, out_dtype);
   });
   return out;
 }
@@ -476,28 +508,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
   return {gmu, glv, gplv};
 }
 
+// a weight block: the values, or ones when absent
+template <class T, class S> const T* weight_block(const S* p, int64_t b, int64_t n, T* buf) {
+  if (p) return load(p + b, n, buf);
+  std::fill(buf, buf + n, T(1));
+  return buf;
+}
+
 at::Tensor bernoulli_nll(const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
-                         double scale) {
-  const BceArgs a = bce_args(logits, target, reduction, Backend::kCpu);
+                         double scale, const std::optional<at::Tensor>& weight,
+                         const std::optional<at::Tensor>& pos_weight,
+                         std::optional<at::ScalarType> out_dtype) {
+  const BceArgs a = bce_args(logits, target, reduction, Backend::kCpu, nullptr, weight, pos_weight);
   at::Tensor out;
   VAE_DISPATCH(a.logits.scalar_type(), "vae_fast.bernoulli_nll", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* px = a.logits.data_ptr<scalar_t>();
     const scalar_t* pt = a.target.data_ptr<scalar_t>();
+    if (!a.weighted()) {
+      out = reduce_forward<scalar_t>(a.logits, reduction, scale, [&](int64_t b, int64_t n, T* v) {
+        alignas(64) T bx[kBlock], bt[kBlock];
+        bce_loop(load(px + b, n, bx), load(pt + b, n, bt), v, n);
+      }, out_dtype);
+      return;
+    }
+    const scalar_t* pw = a.weight.defined() ? a.weight.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ppw = a.pos_weight.defined() ? a.pos_weight.data_ptr<scalar_t>() : nullptr;
     out = reduce_forward<scalar_t>(a.logits, reduction, scale, [&](int64_t b, int64_t n, T* v) {
-      alignas(64) T bx[kBlock], bt[kBlock];
-      bce_loop(load(px + b, n, bx), load(pt + b, n, bt), v, n);
-    });
+      alignas(64) T bx[kBlock], bt[kBlock], bw[kBlock], bpw[kBlock];
+      bce_w_loop(load(px + b, n, bx), load(pt + b, n, bt), weight_block(pw, b, n, bw),
+                 weight_block(ppw, b, n, bpw), v, n);
+    }, out_dtype);
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad,
-                                                          const at::Tensor& logits,
-                                                          const at::Tensor& target,
-                                                          int64_t reduction, double scale,
-                                                          bool target_grad) {
-  const BceArgs a = bce_args(logits, target, reduction, Backend::kCpu, &grad);
+std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(
+    const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
+    double scale, bool target_grad, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& pos_weight) {
+  const BceArgs a = bce_args(logits, target, reduction, Backend::kCpu, &grad, weight, pos_weight);
   at::Tensor gx = grad_out(a.logits), gt = grad_out(a.logits, target_grad);
   const int64_t C = row_len(a.logits, reduction);
   VAE_DISPATCH(a.logits.scalar_type(), "vae_fast.bernoulli_nll_backward", [&] {
@@ -505,6 +555,9 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad
     const scalar_t* pg = a.grad.data_ptr<scalar_t>();
     const scalar_t* px = a.logits.data_ptr<scalar_t>();
     const scalar_t* pt = a.target.data_ptr<scalar_t>();
+    const scalar_t* pw = a.weight.defined() ? a.weight.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ppw = a.pos_weight.defined() ? a.pos_weight.data_ptr<scalar_t>() : nullptr;
+    const bool weighted = a.weighted();
     scalar_t* pgx = gx.data_ptr<scalar_t>();
     scalar_t* pgt = target_grad ? gt.data_ptr<scalar_t>() : nullptr;
     const int64_t numel = a.logits.numel();
@@ -513,7 +566,13 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad
       const T* g = grad_block(pg, reduction, scale, C, b, n, bg);
       T* ogx = out_ptr(pgx + b, ox);
       T* ogt = pgt ? out_ptr(pgt + b, ot) : nullptr;
-      bce_grad_loop(g, load(px + b, n, bx), load(pt + b, n, bt), ogx, ogt, n);
+      if (weighted) {
+        alignas(64) T bw[kBlock], bpw[kBlock];
+        bce_w_grad_loop(g, load(px + b, n, bx), load(pt + b, n, bt), weight_block(pw, b, n, bw),
+                        weight_block(ppw, b, n, bpw), ogx, ogt, n);
+      } else {
+        bce_grad_loop(g, load(px + b, n, bx), load(pt + b, n, bt), ogx, ogt, n);
+      }
       flush(pgx + b, ogx, n);
       if (pgt) flush(pgt + b, ogt, n);
     });
@@ -522,7 +581,7 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad
 }
 
 at::Tensor gaussian_nll(const at::Tensor& mean, const at::Tensor& logvar, const at::Tensor& target,
-                        int64_t reduction, double scale) {
+                        int64_t reduction, double scale, std::optional<at::ScalarType> out_dtype) {
   const GnllArgs a = gnll_args(mean, logvar, target, reduction, Backend::kCpu);
   at::Tensor out;
   VAE_DISPATCH(a.mean.scalar_type(), "vae_fast.gaussian_nll", [&] {
@@ -533,7 +592,7 @@ at::Tensor gaussian_nll(const at::Tensor& mean, const at::Tensor& logvar, const 
     out = reduce_forward<scalar_t>(a.mean, reduction, scale, [&](int64_t b, int64_t n, T* v) {
       alignas(64) T bm[kBlock], bl[kBlock], bt[kBlock];
       gnll_loop(load(pm + b, n, bm), load(pl + b, n, bl), load(pt + b, n, bt), v, n);
-    });
+    }, out_dtype);
   });
   return out;
 }

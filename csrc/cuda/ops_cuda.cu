@@ -233,6 +233,17 @@ __device__ void finish_rows(const Walk& w, const T* partials, T scale, S* out, u
 struct BceFwd {
   template <class T> __device__ T operator()(const T* x) const { return vae::bce(x[0], x[1]); }
 };
+// weighted: inputs (logits, target, [weight if W], [pos_weight if PW]), all present (a null
+// pointer check per load would put a branch on the full-tile path); an absent weight is 1
+template <bool W, bool PW> struct BceW {
+  template <class T> __device__ static T weight(const T* x) { return W ? x[2] : T(1); }
+  template <class T> __device__ static T pos_weight(const T* x) { return PW ? x[2 + W] : T(1); }
+};
+template <bool W, bool PW> struct BceWFwd : BceW<W, PW> {
+  template <class T> __device__ T operator()(const T* x) const {
+    return vae::bce_w(x[0], x[1], this->weight(x), this->pos_weight(x));
+  }
+};
 struct GnllFwd {
   template <class T> __device__ T operator()(const T* x) const {
     return vae::gauss_nll(x[0], x[1], x[2]);
@@ -252,6 +263,12 @@ struct BceBwd {
   template <class T> __device__ void operator()(T g, const T* x, T* o) const {
     o[0] = vae::bce_grad_logits(g, x[0], x[1]);
     o[1] = vae::bce_grad_target(g, x[0]);
+  }
+};
+template <bool W, bool PW> struct BceWBwd : BceW<W, PW> {
+  static constexpr int kRequiredOut = 1;
+  template <class T> __device__ void operator()(T g, const T* x, T* o) const {
+    vae::bce_w_grad(g, x[0], x[1], this->weight(x), this->pos_weight(x), &o[0], &o[1]);
   }
 };
 struct GnllBwd {
@@ -308,10 +325,11 @@ template <class S> struct OutPtrs {
 // ---------------------------------------------------------------------------------------------
 // kernels
 
-// An elementwise loss over NIN inputs: its terms (REDUCE false) or scale * their row sums.
-template <int NIN, bool REDUCE, class S, class F>
+// An elementwise loss over NIN inputs: its terms (REDUCE false) or scale * their row sums, stored
+// as O (S, or float for a 16-bit S: out_dtype)
+template <int NIN, bool REDUCE, class S, class F, class O>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
-    loss_forward_kernel(Ptrs<S> in, Walk w, at::opmath_type<S> scale, S* out,
+    loss_forward_kernel(Ptrs<S> in, Walk w, at::opmath_type<S> scale, O* out,
                         at::opmath_type<S>* partials, unsigned slot, F f) {
   using T = at::opmath_type<S>;
   for_pieces(w, [&](int64_t q, const Piece& pc) {
@@ -603,38 +621,46 @@ template <class S> const S* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<S>() : nullptr;
 }
 
-// forward of an elementwise loss over inputs[0..NIN) (undefined tensors read as zeros)
+// forward of an elementwise loss over inputs[0..NIN) (undefined tensors read as zeros), into an
+// output of the inputs' dtype or out_dtype (float32 for 16-bit inputs)
 template <int NIN, class F>
 at::Tensor loss_forward(const std::array<at::Tensor, 4>& inputs, int64_t reduction, double scale,
-                        F f) {
+                        F f, std::optional<at::ScalarType> out_dtype = std::nullopt) {
   const at::Tensor& x = inputs[0];
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.numel();
-  at::Tensor out = forward_out(x, reduction);
+  at::Tensor out = forward_out(x, reduction, out_dtype);
   if (n == 0) return reduction != kNone ? out.zero_() : out;
   const int device = x.get_device();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   VAE_DISPATCH(x.scalar_type(), "vae_fast.loss_forward", [&] {
     using T = at::opmath_type<scalar_t>;
-    Ptrs<scalar_t> in{};
-    bool aligned = aligned4(out.data_ptr<scalar_t>()) || reduction != kNone;
-    for (int a = 0; a < NIN; ++a) {
-      in.p[a] = ptr_or_null<scalar_t>(inputs[a]);
-      aligned = aligned && aligned4(in.p[a]);
+    auto launch = [&](auto* o) {
+      using O = std::remove_pointer_t<decltype(o)>;
+      Ptrs<scalar_t> in{};
+      bool aligned = aligned4(o) || reduction != kNone;
+      for (int a = 0; a < NIN; ++a) {
+        in.p[a] = ptr_or_null<scalar_t>(inputs[a]);
+        aligned = aligned && aligned4(in.p[a]);
+      }
+      const int64_t rows = reduction == kRows ? rows_of(x) : 1;
+      const Walk w = walk_of(rows, n / rows, aligned);
+      if (reduction == kNone) {
+        constexpr auto kernel = loss_forward_kernel<NIN, false, scalar_t, F, O>;
+        kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(in, w, T(1), o, nullptr, 0,
+                                                                      f);
+      } else {
+        const Reduction<T> r = reduction_for<T>(w, x, stream);
+        constexpr auto kernel = loss_forward_kernel<NIN, true, scalar_t, F, O>;
+        kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+            in, w, static_cast<T>(scale), o, r.partials, r.slot, f);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if constexpr (sizeof(scalar_t) == 2) {
+      if (out.scalar_type() == at::kFloat) return launch(out.data_ptr<float>());
     }
-    const int64_t rows = reduction == kRows ? rows_of(x) : 1;
-    const Walk w = walk_of(rows, n / rows, aligned);
-    if (reduction == kNone) {
-      constexpr auto kernel = loss_forward_kernel<NIN, false, scalar_t, F>;
-      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
-          in, w, T(1), out.data_ptr<scalar_t>(), nullptr, 0, f);
-    } else {
-      const Reduction<T> r = reduction_for<T>(w, x, stream);
-      constexpr auto kernel = loss_forward_kernel<NIN, true, scalar_t, F>;
-      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
-          in, w, static_cast<T>(scale), out.data_ptr<scalar_t>(), r.partials, r.slot, f);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(out.data_ptr<scalar_t>());
   });
   return out;
 }
@@ -748,14 +774,15 @@ using Sampling = SamplingOps<Backend::kCuda, sample, sample_backward>;
 at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
                        const std::optional<at::Tensor>& prior_mu,
                        const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
-                       double scale, std::optional<double> logvar_min,
-                       std::optional<double> logvar_max) {
+                       double scale, std::optional<at::ScalarType> out_dtype,
+                       std::optional<double> logvar_min, std::optional<double> logvar_max) {
   const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda,
                            logvar_min, logvar_max);
   if (!a.has_prior())
     return loss_forward<2>({a.mu, a.logvar, at::Tensor(), at::Tensor()}, reduction, scale,
-                           KlStdFwd{});
-  return loss_forward<4>({a.mu, a.logvar, a.prior_mu, a.prior_logvar}, reduction, scale, KlFwd{});
+                           KlStdFwd{}, out_dtype);
+  return loss_forward<4>({a.mu, a.logvar, a.prior_mu, a.prior_logvar}, reduction, scale, KlFwd{},
+                         out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
@@ -778,29 +805,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
 }
 
 at::Tensor bernoulli_nll(const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
-                         double scale) {
-  const BceArgs a = bce_args(logits, target, reduction, Backend::kCuda);
-  return loss_forward<2>({a.logits, a.target, at::Tensor(), at::Tensor()}, reduction, scale,
-                         BceFwd{});
+                         double scale, const std::optional<at::Tensor>& weight,
+                         const std::optional<at::Tensor>& pos_weight,
+                         std::optional<at::ScalarType> out_dtype) {
+  const BceArgs a = bce_args(logits, target, reduction, Backend::kCuda, nullptr, weight, pos_weight);
+  if (!a.weighted())  // the unweighted kernels, unchanged
+    return loss_forward<2>({a.logits, a.target, at::Tensor(), at::Tensor()}, reduction, scale,
+                           BceFwd{}, out_dtype);
+  if (!a.pos_weight.defined())
+    return loss_forward<3>({a.logits, a.target, a.weight, at::Tensor()}, reduction, scale,
+                           BceWFwd<true, false>{}, out_dtype);
+  if (!a.weight.defined())
+    return loss_forward<3>({a.logits, a.target, a.pos_weight, at::Tensor()}, reduction, scale,
+                           BceWFwd<false, true>{}, out_dtype);
+  return loss_forward<4>({a.logits, a.target, a.weight, a.pos_weight}, reduction, scale,
+                         BceWFwd<true, true>{}, out_dtype);
 }
 
-std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(const at::Tensor& grad,
-                                                          const at::Tensor& logits,
-                                                          const at::Tensor& target,
-                                                          int64_t reduction, double scale,
-                                                          bool target_grad) {
-  const BceArgs a = bce_args(logits, target, reduction, Backend::kCuda, &grad);
+std::tuple<at::Tensor, at::Tensor> bernoulli_nll_backward(
+    const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target, int64_t reduction,
+    double scale, bool target_grad, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& pos_weight) {
+  const BceArgs a = bce_args(logits, target, reduction, Backend::kCuda, &grad, weight, pos_weight);
   at::Tensor gx = grad_out(a.logits), gt = grad_out(a.logits, target_grad);
-  loss_backward<2, 2>(a.grad, {a.logits, a.target, at::Tensor(), at::Tensor()},
-                      {gx, target_grad ? gt : at::Tensor(), at::Tensor()}, reduction, scale,
-                      BceBwd{});
+  const std::array<at::Tensor, 3> outs{gx, target_grad ? gt : at::Tensor(), at::Tensor()};
+  if (!a.weighted())
+    loss_backward<2, 2>(a.grad, {a.logits, a.target, at::Tensor(), at::Tensor()}, outs, reduction,
+                        scale, BceBwd{});
+  else if (!a.pos_weight.defined())
+    loss_backward<3, 2>(a.grad, {a.logits, a.target, a.weight, at::Tensor()}, outs, reduction,
+                        scale, BceWBwd<true, false>{});
+  else if (!a.weight.defined())
+    loss_backward<3, 2>(a.grad, {a.logits, a.target, a.pos_weight, at::Tensor()}, outs, reduction,
+                        scale, BceWBwd<false, true>{});
+  else
+    loss_backward<4, 2>(a.grad, {a.logits, a.target, a.weight, a.pos_weight}, outs, reduction,
+                        scale, BceWBwd<true, true>{});
   return {gx, gt};
 }
 
 at::Tensor gaussian_nll(const at::Tensor& mean, const at::Tensor& logvar, const at::Tensor& target,
-                        int64_t reduction, double scale) {
+                        int64_t reduction, double scale, std::optional<at::ScalarType> out_dtype) {
   const GnllArgs a = gnll_args(mean, logvar, target, reduction, Backend::kCuda);
-  return loss_forward<3>({a.mean, a.logvar, a.target, at::Tensor()}, reduction, scale, GnllFwd{});
+  return loss_forward<3>({a.mean, a.logvar, a.target, at::Tensor()}, reduction, scale, GnllFwd{},
+                         out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& grad,

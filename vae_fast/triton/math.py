@@ -182,6 +182,22 @@ def bce(x, t):
 
 
 @triton.jit
+def bce_w(x, t, w, pw):
+    """F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw), elementwise:
+    w * (bce(x, t) + (pw - 1) t softplus(-x)) (the C++ twin: kernels/vae_math.h bce_w)."""
+    return w * (bce(x, t) + (pw - 1.0) * t * (tl.maximum(-x, 0.0) + log1p_exp_neg_abs(x)))
+
+
+@triton.jit
+def bce_w_grads(x, t, w, pw, g):
+    """(d/dx, d/dt) of g * bce_w."""
+    s = sigmoid(x)
+    gw = g * w
+    return (gw * ((s - t) + (pw - 1.0) * t * (s - 1.0)),
+            gw * ((pw - 1.0) * (tl.maximum(-x, 0.0) + log1p_exp_neg_abs(x)) - x))
+
+
+@triton.jit
 def sigmoid(x):
     # stable for large |x|: exp of a non-positive number only
     e = tl.exp(-tl.abs(x))

@@ -165,9 +165,20 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction:
               F64=like.dtype == torch.float64, **p.constexprs, **constexprs)
 
 
-def reduced_out(x: torch.Tensor, reduction: int) -> torch.Tensor:
-    """The forward output: elementwise, or the (scaled) sum / row sums the kernel writes once."""
-    return torch.empty(_shapes.reduced(x, reduction), dtype=x.dtype, device=x.device)
+def reduced_out(x: torch.Tensor, reduction: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The forward output: elementwise, or the (scaled) sum / row sums the kernel writes once; of
+    `dtype` (an op's out_dtype; tl.store converts the float32/64 result), else x's."""
+    if dtype is not None and dtype != x.dtype and not (dtype == torch.float32 and x.element_size() == 2):
+        raise RuntimeError(f"out_dtype: expected {x.dtype} (of the input) or float32 for a 16-bit input, "
+                           f"got {dtype}")
+    if reduction == NONE:
+        return torch.empty_like(x, dtype=dtype or x.dtype)  # x's layout (memory_format)
+    return torch.empty(_shapes.reduced(x, reduction), dtype=dtype or x.dtype, device=x.device)
+
+
+def grad_arg(grad: torch.Tensor, fmt, reduction: int) -> torch.Tensor:
+    """A backward op's grad: in the inputs' layout when elementwise, else (a scalar, row sums) contiguous."""
+    return grad.contiguous(memory_format=fmt) if reduction == NONE else grad.contiguous()
 
 
 def rows_cols(x: torch.Tensor, reduction: int):
@@ -197,12 +208,13 @@ def fast_rng(R: int, C: int) -> bool:
 
 @op("gaussian_kl")
 def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None, prior_logvar: Tensor | None,
-                reduction: int, scale: float, logvar_min: float | None = None,
-                logvar_max: float | None = None) -> Tensor:
-    mu, logvar = mu.contiguous(), logvar.contiguous()
-    pmu = mu if prior_mu is None else prior_mu.contiguous()
-    plv = mu if prior_logvar is None else prior_logvar.contiguous()
-    out = reduced_out(mu, reduction)
+                reduction: int, scale: float, out_dtype: torch.dtype | None = None,
+                logvar_min: float | None = None, logvar_max: float | None = None) -> Tensor:
+    fmt = _shapes.memory_format(mu)  # channels-last stays channels-last
+    mu, logvar = mu.contiguous(memory_format=fmt), logvar.contiguous(memory_format=fmt)
+    pmu = mu if prior_mu is None else prior_mu.contiguous(memory_format=fmt)
+    plv = mu if prior_logvar is None else prior_logvar.contiguous(memory_format=fmt)
+    out = reduced_out(mu, reduction, out_dtype)
     R, C = rows_cols(mu, reduction)
     lo, hi, clamp = bounds(logvar_min, logvar_max)
     launch(k.kl_fwd, mu, R, C, (mu, logvar, pmu, plv, out, lo, hi), scale_bits(scale), reduction, out,
@@ -215,9 +227,11 @@ def gaussian_kl_backward(grad: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Ten
                          prior_logvar: Tensor | None, reduction: int, scale: float,
                          logvar_min: float | None = None,
                          logvar_max: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    grad, mu, logvar = grad.contiguous(), mu.contiguous(), logvar.contiguous()
-    pmu = mu if prior_mu is None else prior_mu.contiguous()
-    plv = mu if prior_logvar is None else prior_logvar.contiguous()
+    fmt = _shapes.memory_format(mu)  # channels-last stays channels-last
+    grad = grad_arg(grad, fmt, reduction)
+    mu, logvar = mu.contiguous(memory_format=fmt), logvar.contiguous(memory_format=fmt)
+    pmu = mu if prior_mu is None else prior_mu.contiguous(memory_format=fmt)
+    plv = mu if prior_logvar is None else prior_logvar.contiguous(memory_format=fmt)
     gmu, glv = torch.empty_like(mu), torch.empty_like(logvar)
     gplv = torch.empty_like(mu) if prior_logvar is not None else mu.new_empty(0)
     R, C = rows_cols(mu, reduction)
@@ -230,30 +244,52 @@ def gaussian_kl_backward(grad: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Ten
 
 
 @op("bernoulli_nll")
-def bernoulli_nll(logits: Tensor, target: Tensor, reduction: int, scale: float) -> Tensor:
-    logits, target = logits.contiguous(), target.contiguous()
-    out = reduced_out(logits, reduction)
+def bernoulli_nll(logits: Tensor, target: Tensor, reduction: int, scale: float, weight: Tensor | None = None,
+                  pos_weight: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
+    fmt = _shapes.memory_format(logits)  # channels-last stays channels-last
+    logits, target = logits.contiguous(memory_format=fmt), target.contiguous(memory_format=fmt)
+    out = reduced_out(logits, reduction, out_dtype)
     R, C = rows_cols(logits, reduction)
-    launch(k.bce_fwd, logits, R, C, (logits, target, out), scale_bits(scale), reduction, out)
+    if weight is None and pos_weight is None:
+        launch(k.bce_fwd, logits, R, C, (logits, target, out), scale_bits(scale), reduction, out)
+        return out
+    # weights of logits' shape (stride-0 expanded views from functional): the kernels read every
+    # element at its flat index, so a broadcast weight is materialised full size here
+    w = logits if weight is None else weight.contiguous(memory_format=fmt)
+    pw = logits if pos_weight is None else pos_weight.contiguous(memory_format=fmt)
+    launch(k.bce_w_fwd, logits, R, C, (logits, target, w, pw, out), scale_bits(scale), reduction, out,
+           HAS_W=weight is not None, HAS_PW=pos_weight is not None)
     return out
 
 
 @op("bernoulli_nll_backward")
 def bernoulli_nll_backward(grad: Tensor, logits: Tensor, target: Tensor, reduction: int, scale: float,
-                           target_grad: bool) -> tuple[Tensor, Tensor]:
-    grad, logits, target = grad.contiguous(), logits.contiguous(), target.contiguous()
+                           target_grad: bool, weight: Tensor | None = None,
+                           pos_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    fmt = _shapes.memory_format(logits)  # channels-last stays channels-last
+    grad = grad_arg(grad, fmt, reduction)
+    logits, target = logits.contiguous(memory_format=fmt), target.contiguous(memory_format=fmt)
     glogits = torch.empty_like(logits)
     gtarget = torch.empty_like(target) if target_grad else logits.new_empty(0)
     R, C = rows_cols(logits, reduction)
-    launch(k.bce_bwd, logits, R, C, (grad, logits, target, glogits, gtarget if target_grad else glogits),
-           scale_bits(scale), reduction, TARGET_GRAD=target_grad)
+    outs = (glogits, gtarget if target_grad else glogits)
+    if weight is None and pos_weight is None:
+        launch(k.bce_bwd, logits, R, C, (grad, logits, target, *outs), scale_bits(scale), reduction,
+               TARGET_GRAD=target_grad)
+    else:
+        w = logits if weight is None else weight.contiguous(memory_format=fmt)
+        pw = logits if pos_weight is None else pos_weight.contiguous(memory_format=fmt)
+        launch(k.bce_w_bwd, logits, R, C, (grad, logits, target, w, pw, *outs), scale_bits(scale), reduction,
+               TARGET_GRAD=target_grad, HAS_W=weight is not None, HAS_PW=pos_weight is not None)
     return glogits, gtarget
 
 
 @op("gaussian_nll")
-def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, reduction: int, scale: float) -> Tensor:
-    mean, logvar, target = mean.contiguous(), logvar.contiguous(), target.contiguous()
-    out = reduced_out(mean, reduction)
+def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, reduction: int, scale: float,
+                 out_dtype: torch.dtype | None = None) -> Tensor:
+    fmt = _shapes.memory_format(mean)  # channels-last stays channels-last
+    mean, logvar, target = (t.contiguous(memory_format=fmt) for t in (mean, logvar, target))
+    out = reduced_out(mean, reduction, out_dtype)
     R, C = rows_cols(mean, reduction)
     launch(k.gnll_fwd, mean, R, C, (mean, logvar, target, out), scale_bits(scale), reduction, out)
     return out
@@ -262,7 +298,9 @@ def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor, reduction: int, s
 @op("gaussian_nll_backward")
 def gaussian_nll_backward(grad: Tensor, mean: Tensor, logvar: Tensor, target: Tensor, reduction: int,
                           scale: float) -> tuple[Tensor, Tensor]:
-    grad, mean, logvar, target = grad.contiguous(), mean.contiguous(), logvar.contiguous(), target.contiguous()
+    fmt = _shapes.memory_format(mean)  # channels-last stays channels-last
+    grad = grad_arg(grad, fmt, reduction)
+    mean, logvar, target = (t.contiguous(memory_format=fmt) for t in (mean, logvar, target))
     gmean, glv = torch.empty_like(mean), torch.empty_like(logvar)
     R, C = rows_cols(mean, reduction)
     launch(k.gnll_bwd, mean, R, C, (grad, mean, logvar, target, gmean, glv), scale_bits(scale), reduction)
