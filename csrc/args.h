@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -75,22 +76,53 @@ inline at::Tensor grad_out(const at::Tensor& x, bool wanted = true) {
   return wanted ? at::empty_like(x) : at::empty({0}, x.options());  // x's (walk) layout
 }
 
+// ---- the logvar bounds of the sampling and KL ops (logvar_min, logvar_max; None: no bound) ----
+struct LogvarClamp {
+  bool on = false;  // any bound given
+  double lo = -std::numeric_limits<double>::infinity(), hi = std::numeric_limits<double>::infinity();
+};
+inline LogvarClamp clamp_arg(std::optional<double> lo, std::optional<double> hi) {
+  LogvarClamp c;
+  c.on = lo.has_value() || hi.has_value();
+  if (lo) c.lo = *lo;
+  if (hi) c.hi = *hi;
+  TORCH_CHECK(c.lo <= c.hi, "logvar_min: expected a number <= logvar_max (", c.hi, "), got ", c.lo);
+  return c;
+}
+// The CPU kernels clamp inside (kernels/vae_math.h clamp_logvar / clamp_grad). The CUDA kernels do
+// not yet: for them the clamp runs here, unfused (two extra passes, only when a bound is given):
+// logvar is clamped before the kernel and, in backward, grad_logvar zeroed outside the bounds after.
+inline bool clamp_unfused(Backend backend, const LogvarClamp& c) {
+  return backend == Backend::kCuda && c.on;
+}
+inline void mask_outside(const at::Tensor& grad_logvar, const at::Tensor& unclamped,
+                         const LogvarClamp& c) {
+  if (unclamped.defined())
+    grad_logvar.masked_fill_(unclamped.le(c.lo).logical_or_(unclamped.ge(c.hi)), 0);  // clamp_grad
+}
+
 // ---- reparameterize / sample_and_kl ----
 struct SampleArgs {
   at::Tensor mu, logvar;  // contiguous
   at::Tensor z, kl;       // outputs: (num_samples, *mu.shape), and the KL row sums (undefined without)
   int64_t N, R;           // elements of mu; rows of the KL (1 without)
+  LogvarClamp clamp;      // off when applied before the kernel (clamp_unfused)
 };
 inline SampleArgs sample_args(const at::Tensor& mu, const at::Tensor& logvar,
                               const at::Tensor& philox, int64_t num_samples, bool with_kl,
-                              Backend backend) {
+                              Backend backend, std::optional<double> lo, std::optional<double> hi) {
   check_first(mu, "mu", backend);
   check_like(logvar, "logvar", mu, "mu");
   check_philox(philox, mu);
   check_samples(num_samples);
   SampleArgs a;
+  a.clamp = clamp_arg(lo, hi);
   a.mu = mu.contiguous();
   a.logvar = logvar.contiguous();
+  if (clamp_unfused(backend, a.clamp)) {
+    a.logvar = a.logvar.clamp(a.clamp.lo, a.clamp.hi);
+    a.clamp.on = false;
+  }
   a.N = a.mu.numel();
   a.R = with_kl ? rows_of(a.mu) : 1;
   a.z = at::empty(sample_shape(a.mu, num_samples), a.mu.options());
@@ -103,11 +135,14 @@ struct SampleGradArgs {
   at::Tensor grad_z, logvar, mu, grad_kl;  // contiguous; mu, grad_kl undefined without the KL
   at::Tensor grad_mu, grad_logvar;         // outputs; grad_mu undefined without the KL
   int64_t N, R;                            // elements of logvar; rows of grad_kl (1 without)
+  LogvarClamp clamp;                       // off when applied outside the kernel (clamp_unfused):
+  at::Tensor unclamped;                    // then logvar before the clamp, for mask_outside
 };
 inline SampleGradArgs sample_grad_args(const at::Tensor& grad_z, const at::Tensor* grad_kl,
                                        const at::Tensor* mu, const at::Tensor& logvar,
                                        const at::Tensor& philox, int64_t num_samples,
-                                       Backend backend) {
+                                       Backend backend, std::optional<double> lo,
+                                       std::optional<double> hi) {
   if (mu) check_float(*mu, "mu");
   check_first(logvar, "logvar", backend);
   check_samples(num_samples);
@@ -124,6 +159,12 @@ inline SampleGradArgs sample_grad_args(const at::Tensor& grad_z, const at::Tenso
   }
   a.grad_z = grad_z.contiguous();
   a.logvar = logvar.contiguous();
+  a.clamp = clamp_arg(lo, hi);
+  if (clamp_unfused(backend, a.clamp)) {
+    a.unclamped = a.logvar;
+    a.logvar = a.logvar.clamp(a.clamp.lo, a.clamp.hi);
+    a.clamp.on = false;
+  }
   a.N = a.logvar.numel();
   a.grad_logvar = grad_out(a.logvar);
   if (mu) a.grad_mu = grad_out(a.logvar);
@@ -133,34 +174,40 @@ inline SampleGradArgs sample_grad_args(const at::Tensor& grad_z, const at::Tenso
 // The four sampling ops of a backend from its two sampling functions, which fill the outputs:
 //   Sample(const SampleArgs&, philox, num_samples): z (and kl when defined)
 //   SampleGrad(const SampleGradArgs&, philox, num_samples): grad_logvar (and grad_mu when defined)
+using OptF = std::optional<double>;
 template <Backend B, auto Sample, auto SampleGrad> struct SamplingOps {
   static at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar,
-                                   const at::Tensor& philox, int64_t num_samples) {
-    const SampleArgs a = sample_args(mu, logvar, philox, num_samples, false, B);
+                                   const at::Tensor& philox, int64_t num_samples, OptF lo,
+                                   OptF hi) {
+    const SampleArgs a = sample_args(mu, logvar, philox, num_samples, false, B, lo, hi);
     Sample(a, philox, num_samples);
     return a.z;
   }
   static std::tuple<at::Tensor, at::Tensor> sample_and_kl(const at::Tensor& mu,
                                                           const at::Tensor& logvar,
                                                           const at::Tensor& philox,
-                                                          int64_t num_samples) {
-    const SampleArgs a = sample_args(mu, logvar, philox, num_samples, true, B);
+                                                          int64_t num_samples, OptF lo, OptF hi) {
+    const SampleArgs a = sample_args(mu, logvar, philox, num_samples, true, B, lo, hi);
     Sample(a, philox, num_samples);
     return {a.z, a.kl};
   }
   static at::Tensor reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& logvar,
-                                            const at::Tensor& philox, int64_t num_samples) {
+                                            const at::Tensor& philox, int64_t num_samples,
+                                            OptF lo, OptF hi) {
     const SampleGradArgs a =
-        sample_grad_args(grad_z, nullptr, nullptr, logvar, philox, num_samples, B);
+        sample_grad_args(grad_z, nullptr, nullptr, logvar, philox, num_samples, B, lo, hi);
     SampleGrad(a, philox, num_samples);
+    mask_outside(a.grad_logvar, a.unclamped, a.clamp);
     return a.grad_logvar;
   }
   static std::tuple<at::Tensor, at::Tensor> sample_and_kl_backward(
       const at::Tensor& grad_z, const at::Tensor& grad_kl, const at::Tensor& mu,
-      const at::Tensor& logvar, const at::Tensor& philox, int64_t num_samples) {
+      const at::Tensor& logvar, const at::Tensor& philox, int64_t num_samples, OptF lo,
+      OptF hi) {
     const SampleGradArgs a =
-        sample_grad_args(grad_z, &grad_kl, &mu, logvar, philox, num_samples, B);
+        sample_grad_args(grad_z, &grad_kl, &mu, logvar, philox, num_samples, B, lo, hi);
     SampleGrad(a, philox, num_samples);
+    mask_outside(a.grad_logvar, a.unclamped, a.clamp);
     return {a.grad_mu, a.grad_logvar};
   }
 };
@@ -169,12 +216,15 @@ template <Backend B, auto Sample, auto SampleGrad> struct SamplingOps {
 struct KlArgs {
   at::Tensor mu, logvar, prior_mu, prior_logvar;  // contiguous; an absent prior is undefined
   at::Tensor grad;                                // backward ops
+  LogvarClamp clamp;     // of logvar (not of prior_logvar); off when applied outside the kernel:
+  at::Tensor unclamped;  // then logvar before the clamp, for mask_outside (backward)
   bool has_prior() const { return prior_mu.defined() || prior_logvar.defined(); }
 };
 inline KlArgs kl_args(const at::Tensor& mu, const at::Tensor& logvar,
                       const std::optional<at::Tensor>& prior_mu,
                       const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
-                      Backend backend, const at::Tensor* grad = nullptr) {
+                      Backend backend, std::optional<double> lo, std::optional<double> hi,
+                      const at::Tensor* grad = nullptr) {
   check_first(mu, "mu", backend);
   check_like(logvar, "logvar", mu, "mu");
   check_reduction(reduction, mu, "mu");
@@ -184,6 +234,12 @@ inline KlArgs kl_args(const at::Tensor& mu, const at::Tensor& logvar,
   a.prior_logvar = prior_arg(prior_logvar, "prior_logvar", mu);
   a.mu = mu.contiguous(walk_format(mu));
   a.logvar = logvar.contiguous(walk_format(mu));
+  a.clamp = clamp_arg(lo, hi);
+  if (clamp_unfused(backend, a.clamp)) {
+    if (grad) a.unclamped = a.logvar;
+    a.logvar = a.logvar.clamp(a.clamp.lo, a.clamp.hi);
+    a.clamp.on = false;
+  }
   return a;
 }
 

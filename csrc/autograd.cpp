@@ -112,6 +112,15 @@ Tensor in_dtype(const Tensor& grad, const Tensor& x) {
   return grad.scalar_type() == x.scalar_type() ? grad : grad.to(x.scalar_type());
 }
 
+using OptF = std::optional<double>;  // logvar_min, logvar_max of the sampling and KL ops
+
+// the logvar bounds, kept for backward
+void save_bounds(AutogradContext* ctx, OptF lo, OptF hi) {
+  ctx->saved_data["logvar_min"] = lo;
+  ctx->saved_data["logvar_max"] = hi;
+}
+OptF bound(AutogradContext* ctx, const char* name) { return ctx->saved_data[name].toOptional<double>(); }
+
 // ---- the ops, called through the dispatcher (the backward ops keep their own kernels and fakes)
 #define VAE_FAST_OP(fn, name, Sig)                   \
   const c10::TypedOperatorHandle<Sig>& fn() {        \
@@ -119,18 +128,20 @@ Tensor in_dtype(const Tensor& grad, const Tensor& x) {
     return h;                                        \
   }
 VAE_FAST_OP(reparameterize_op, "vae_fast::reparameterize",
-            Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t))
+            Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, OptF, OptF))
 VAE_FAST_OP(reparameterize_backward_op, "vae_fast::reparameterize_backward",
-            Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t))
+            Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, OptF, OptF))
 VAE_FAST_OP(sample_and_kl_op, "vae_fast::sample_and_kl",
-            TT(const Tensor&, const Tensor&, const Tensor&, int64_t))
+            TT(const Tensor&, const Tensor&, const Tensor&, int64_t, OptF, OptF))
 VAE_FAST_OP(sample_and_kl_backward_op, "vae_fast::sample_and_kl_backward",
-            TT(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t))
+            TT(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t,
+               OptF, OptF))
 VAE_FAST_OP(gaussian_kl_op, "vae_fast::gaussian_kl",
-            Tensor(const Tensor&, const Tensor&, const OptT&, const OptT&, int64_t, double, OptST))
+            Tensor(const Tensor&, const Tensor&, const OptT&, const OptT&, int64_t, double, OptST, OptF,
+                   OptF))
 VAE_FAST_OP(gaussian_kl_backward_op, "vae_fast::gaussian_kl_backward",
             TTT(const Tensor&, const Tensor&, const Tensor&, const OptT&, const OptT&, int64_t,
-                double))
+                double, OptF, OptF))
 VAE_FAST_OP(bernoulli_nll_op, "vae_fast::bernoulli_nll",
             Tensor(const Tensor&, const Tensor&, int64_t, double, const OptT&, const OptT&, OptST))
 VAE_FAST_OP(bernoulli_nll_backward_op, "vae_fast::bernoulli_nll_backward",
@@ -146,14 +157,15 @@ VAE_FAST_OP(gaussian_nll_backward_op, "vae_fast::gaussian_nll_backward",
 // tracing, its fake), not this autograd kernel again
 using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
 
-// ---- reparameterize: grads (mu, logvar, philox, num_samples)
+// ---- reparameterize: grads (mu, logvar, philox, num_samples, logvar_min, logvar_max)
 struct Reparameterize : torch::autograd::Function<Reparameterize> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
-                        const Tensor& philox, int64_t num_samples) {
+                        const Tensor& philox, int64_t num_samples, OptF lo, OptF hi) {
     BelowAutograd guard;
     ctx->save_for_backward({logvar, philox});
     ctx->saved_data["num_samples"] = num_samples;
-    return reparameterize_op().call(mu, logvar, philox, num_samples);
+    save_bounds(ctx, lo, hi);
+    return reparameterize_op().call(mu, logvar, philox, num_samples, lo, hi);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -165,22 +177,24 @@ struct Reparameterize : torch::autograd::Function<Reparameterize> {
       at::AutoGradMode no_grad(false);
       if (ctx->needs_input_grad(0)) gmu = S == 1 ? grad_z.select(0, 0) : grad_z.sum(0);
       if (ctx->needs_input_grad(1))
-        glv = reparameterize_backward_op().call(grad_z, logvar, philox, S);
+        glv = reparameterize_backward_op().call(grad_z, logvar, philox, S,
+                                                bound(ctx, "logvar_min"), bound(ctx, "logvar_max"));
     }
-    return guard_double_backward({gmu, glv, Tensor(), Tensor()}, grads, saved, "reparameterize",
-                                 logvar);
+    return guard_double_backward({gmu, glv, Tensor(), Tensor(), Tensor(), Tensor()}, grads, saved,
+                                 "reparameterize", logvar);
   }
 };
 
 // ---- sample_and_kl: outputs (z, kl); a missing output gradient is zeros (one fused backward)
 struct SampleAndKl : torch::autograd::Function<SampleAndKl> {
   static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
-                               const Tensor& philox, int64_t num_samples) {
+                               const Tensor& philox, int64_t num_samples, OptF lo, OptF hi) {
     BelowAutograd guard;
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({mu, logvar, philox});
     ctx->saved_data["num_samples"] = num_samples;
-    auto [z, kl] = sample_and_kl_op().call(mu, logvar, philox, num_samples);
+    save_bounds(ctx, lo, hi);
+    auto [z, kl] = sample_and_kl_op().call(mu, logvar, philox, num_samples, lo, hi);
     return {z, kl};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -197,9 +211,11 @@ struct SampleAndKl : torch::autograd::Function<SampleAndKl> {
         grad_z = at::zeros(shape, mu.options());
       }
       if (!grad_kl.defined()) grad_kl = at::zeros({mu.size(0)}, mu.options());
-      std::tie(gmu, glv) = sample_and_kl_backward_op().call(grad_z, grad_kl, mu, logvar, philox, S);
+      std::tie(gmu, glv) = sample_and_kl_backward_op().call(
+          grad_z, grad_kl, mu, logvar, philox, S, bound(ctx, "logvar_min"), bound(ctx, "logvar_max"));
     }
-    return guard_double_backward({gmu, glv, Tensor(), Tensor()}, grads, saved, "sample_and_kl", mu);
+    return guard_double_backward({gmu, glv, Tensor(), Tensor(), Tensor(), Tensor()}, grads, saved,
+                                 "sample_and_kl", mu);
   }
 };
 
@@ -208,13 +224,15 @@ struct SampleAndKl : torch::autograd::Function<SampleAndKl> {
 struct GaussianKl : torch::autograd::Function<GaussianKl> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
                         const OptT& prior_mu, const OptT& prior_logvar, int64_t reduction,
-                        double scale, OptST out_dtype) {
+                        double scale, OptST out_dtype, OptF lo, OptF hi) {
     BelowAutograd guard;
     ctx->save_for_backward({mu, logvar, prior_mu.value_or(Tensor()),
                             prior_logvar.value_or(Tensor())});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["scale"] = scale;
-    return gaussian_kl_op().call(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype);
+    save_bounds(ctx, lo, hi);
+    return gaussian_kl_op().call(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype, lo,
+                                 hi);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -225,12 +243,13 @@ struct GaussianKl : torch::autograd::Function<GaussianKl> {
       std::tie(gmu, glv, gplv) = gaussian_kl_backward_op().call(
           in_dtype(grads[0], mu), mu, logvar, pmu.defined() ? OptT(pmu) : OptT(),
           plv.defined() ? OptT(plv) : OptT(), ctx->saved_data["reduction"].toInt(),
-          ctx->saved_data["scale"].toDouble());
+          ctx->saved_data["scale"].toDouble(), bound(ctx, "logvar_min"), bound(ctx, "logvar_max"));
       if (pmu.defined() && ctx->needs_input_grad(2)) gpmu = -gmu;
       if (!plv.defined()) gplv = Tensor();
     }
-    return guard_double_backward({gmu, glv, gpmu, gplv, Tensor(), Tensor(), Tensor()}, grads, saved,
-                                 "gaussian_kl", mu);
+    return guard_double_backward(
+        {gmu, glv, gpmu, gplv, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()}, grads, saved,
+        "gaussian_kl", mu);
   }
 };
 
@@ -291,38 +310,40 @@ struct GaussianNll : torch::autograd::Function<GaussianNll> {
 
 // ---- the Autograd kernels
 Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& philox,
-                      int64_t num_samples) {
+                      int64_t num_samples, OptF lo, OptF hi) {
   check_no_forward_ad("reparameterize", {&mu, &logvar});
   if (!needs_grad({&mu, &logvar})) {
     BelowAutograd guard;
-    return reparameterize_op().call(mu, logvar, philox, num_samples);
+    return reparameterize_op().call(mu, logvar, philox, num_samples, lo, hi);
   }
   check_no_functorch("reparameterize", mu);
-  return Reparameterize::apply(mu, logvar, philox, num_samples);
+  return Reparameterize::apply(mu, logvar, philox, num_samples, lo, hi);
 }
 
 TT sample_and_kl(const Tensor& mu, const Tensor& logvar, const Tensor& philox,
-                 int64_t num_samples) {
+                 int64_t num_samples, OptF lo, OptF hi) {
   check_no_forward_ad("sample_and_kl", {&mu, &logvar});
   if (!needs_grad({&mu, &logvar})) {
     BelowAutograd guard;
-    return sample_and_kl_op().call(mu, logvar, philox, num_samples);
+    return sample_and_kl_op().call(mu, logvar, philox, num_samples, lo, hi);
   }
   check_no_functorch("sample_and_kl", mu);
-  auto out = SampleAndKl::apply(mu, logvar, philox, num_samples);
+  auto out = SampleAndKl::apply(mu, logvar, philox, num_samples, lo, hi);
   return {out[0], out[1]};
 }
 
 Tensor gaussian_kl(const Tensor& mu, const Tensor& logvar, const OptT& prior_mu,
-                   const OptT& prior_logvar, int64_t reduction, double scale, OptST out_dtype) {
+                   const OptT& prior_logvar, int64_t reduction, double scale, OptST out_dtype,
+                   OptF lo, OptF hi) {
   const Tensor pmu = prior_mu.value_or(Tensor()), plv = prior_logvar.value_or(Tensor());
   check_no_forward_ad("gaussian_kl", {&mu, &logvar, &pmu, &plv});
   if (!needs_grad({&mu, &logvar, &pmu, &plv})) {
     BelowAutograd guard;
-    return gaussian_kl_op().call(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype);
+    return gaussian_kl_op().call(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype, lo,
+                                 hi);
   }
   check_no_functorch("gaussian_kl", mu);
-  return GaussianKl::apply(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype);
+  return GaussianKl::apply(mu, logvar, prior_mu, prior_logvar, reduction, scale, out_dtype, lo, hi);
 }
 
 Tensor bernoulli_nll(const Tensor& logits, const Tensor& target, int64_t reduction, double scale,

@@ -25,17 +25,21 @@
 #endif
 
 TORCH_LIBRARY(vae_fast, m) {
-  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor philox, int num_samples) -> Tensor");
-  m.def("reparameterize_backward(Tensor grad_z, Tensor logvar, Tensor philox, int num_samples)"
-        " -> Tensor");
-  m.def("sample_and_kl(Tensor mu, Tensor logvar, Tensor philox, int num_samples)"
-        " -> (Tensor, Tensor)");
+  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor philox, int num_samples,"
+        " float? logvar_min=None, float? logvar_max=None) -> Tensor");
+  m.def("reparameterize_backward(Tensor grad_z, Tensor logvar, Tensor philox, int num_samples,"
+        " float? logvar_min=None, float? logvar_max=None) -> Tensor");
+  m.def("sample_and_kl(Tensor mu, Tensor logvar, Tensor philox, int num_samples,"
+        " float? logvar_min=None, float? logvar_max=None) -> (Tensor, Tensor)");
   m.def("sample_and_kl_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar,"
-        " Tensor philox, int num_samples) -> (Tensor, Tensor)");
+        " Tensor philox, int num_samples, float? logvar_min=None, float? logvar_max=None)"
+        " -> (Tensor, Tensor)");
   m.def("gaussian_kl(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar,"
-        " int reduction, float scale, ScalarType? out_dtype=None) -> Tensor");
+        " int reduction, float scale, ScalarType? out_dtype=None, float? logvar_min=None,"
+        " float? logvar_max=None) -> Tensor");
   m.def("gaussian_kl_backward(Tensor grad, Tensor mu, Tensor logvar, Tensor? prior_mu,"
-        " Tensor? prior_logvar, int reduction, float scale) -> (Tensor, Tensor, Tensor)");
+        " Tensor? prior_logvar, int reduction, float scale, float? logvar_min=None,"
+        " float? logvar_max=None) -> (Tensor, Tensor, Tensor)");
   m.def("bernoulli_nll(Tensor logits, Tensor target, int reduction, float scale,"
         " Tensor? weight=None, Tensor? pos_weight=None, ScalarType? out_dtype=None) -> Tensor");
   m.def("bernoulli_nll_backward(Tensor grad, Tensor logits, Tensor target, int reduction,"

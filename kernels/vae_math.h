@@ -64,6 +64,15 @@ VAE_HD double vdiv12(double a, double b) { return a / b; }
 
 constexpr double kLog2Pi = 1.8378770664093454835606594728112;  // log(2*pi)
 
+// ---- logvar clamped to [lo, hi] (diffusers' [-30, 20]; the sampling and KL ops) ----
+// NaN stays NaN; -inf / +inf bounds clamp nothing
+template <class T> VAE_HD T clamp_logvar(T lv, T lo, T hi) { return lv < lo ? lo : (lv > hi ? hi : lv); }
+// g times d clamp_logvar / d lv: zero outside (lo, hi) and on the bounds themselves (the
+// minimum-norm subgradient, as torch.clamp's since torch 2.14; before, it passed g on the bounds)
+template <class T> VAE_HD T clamp_grad(T g, T lv, T lo, T hi) {
+  return (lv <= lo || lv >= hi) ? T(0) : g;
+}
+
 // ---- reparameterization: z = mu + exp(0.5*logvar) * eps ----
 template <class T> VAE_HD T std_of(T logvar) { return vexp(T(0.5) * logvar); }
 template <class T> VAE_HD T sample(T mu, T std, T eps) { return mu + std * eps; }

@@ -83,7 +83,8 @@ def test_every_op_direction_shape_and_impl_is_measured(quick_run):
         assert "triton" in impls  # --quick includes it
     found = {(r["op"], r["direction"], r["shape"], r["impl"]) for r in report["rows"]}
     for op in bench.OPS:
-        shapes = ["mnist"] if op == "vae_step" else ["mnist", "stream-2^12"]
+        shapes = {"vae_step": ["mnist"], "diffusers_posterior": ["ld-2x4x8x8", "video-1x4x3x4x4"]}.get(
+            op, ["mnist", "stream-2^12"])
         for direction in bench.DIRECTIONS:
             for shape in shapes:
                 for impl in impls:

@@ -77,6 +77,13 @@ def exercise():
                 t.sample_and_kl(a, b, p, S)
                 t.sample_and_kl_backward(torch.rand((S, *shape), dtype=dtype), torch.rand(shape[0], dtype=dtype),
                                          a, b, p, S)
+            # the logvar clamp (DiagonalGaussian: diffusers' [-30, 20]; a one-sided bound is the same code)
+            t.sample_and_kl(a, b, p, 1, -30.0, 20.0)
+            t.sample_and_kl_backward(torch.rand((1, *shape), dtype=dtype), torch.rand(shape[0], dtype=dtype),
+                                     a, b, p, 1, -30.0, 20.0)
+            t.reparameterize(a, b, p, 1, None, 20.0)
+            t.gaussian_kl(a, b, None, None, ROWS, 1.0, None, -30.0, 20.0)
+            t.gaussian_kl_backward(a.reshape(-1)[:shape[0]], a, b, None, None, ROWS, 1.0, -30.0, 20.0)
             for red, grad in ((NONE, a), (SUM, torch.tensor(1.0, dtype=dtype)), (ROWS, a.reshape(-1)[:shape[0]])):
                 for scale in (0.5, 1 / 3):  # the bits of 1/3 are not divisible by 16: no new variant
                     t.bernoulli_nll(a, b, red, scale)

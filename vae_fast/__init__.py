@@ -16,6 +16,7 @@ from .functional import (
     reparameterize,
     sample_and_kl,
 )
+from .distributions import DiagonalGaussian
 
 from .nn import gaussian_nll_loss
 
@@ -25,5 +26,5 @@ if _native.available():
 
 __all__ = [
     "available_backends", "use_backend", "reparameterize", "sample_and_kl", "gaussian_kl",
-    "bernoulli_nll", "gaussian_nll", "negative_elbo", "nn", "gaussian_nll_loss",
+    "bernoulli_nll", "gaussian_nll", "negative_elbo", "nn", "gaussian_nll_loss", "DiagonalGaussian",
 ]

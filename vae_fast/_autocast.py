@@ -42,12 +42,12 @@ def _kernel(op, device_type: str):
 
 
 def _sample_and_kl_kernel(ns, device_type: str):
-    def autocast(mu, logvar, philox, num_samples):
+    def autocast(mu, logvar, philox, num_samples, logvar_min=None, logvar_max=None):
         with torch.autocast(device_type, enabled=False):
             if mu.dtype not in _HALF:
-                return ns.sample_and_kl(mu, logvar, philox, num_samples)
-            z = ns.reparameterize(mu, logvar, philox, num_samples)
-            return z, ns.gaussian_kl(mu, logvar, None, None, ROWS, 1.0, out_dtype=torch.float32)
+                return ns.sample_and_kl(mu, logvar, philox, num_samples, logvar_min, logvar_max)
+            z = ns.reparameterize(mu, logvar, philox, num_samples, logvar_min, logvar_max)
+            return z, ns.gaussian_kl(mu, logvar, None, None, ROWS, 1.0, torch.float32, logvar_min, logvar_max)
     return autocast
 
 

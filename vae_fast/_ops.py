@@ -25,15 +25,16 @@ def _autograd(ns):
     """(setup_context, backward) per forward op, calling ns's backward ops."""
 
     def setup_sampling(ctx, inputs, output):
-        mu, logvar, philox, num_samples = inputs
+        mu, logvar, philox, num_samples, *bounds = inputs
         ctx.save_for_backward(mu, logvar, philox)
         ctx.num_samples = num_samples
+        ctx.bounds = (*bounds, None, None)[:2]  # logvar_min, logvar_max (absent: None)
 
     def reparameterize_bwd(ctx, grad_z):
         _, logvar, philox = ctx.saved_tensors
-        glv = ns.reparameterize_backward(grad_z, logvar, philox, ctx.num_samples)
+        glv = ns.reparameterize_backward(grad_z, logvar, philox, ctx.num_samples, *ctx.bounds)
         gmu = grad_z[0] if ctx.num_samples == 1 else grad_z.sum(0)
-        return gmu, glv, None, None
+        return gmu, glv, None, None, None, None
 
     def sample_and_kl_bwd(ctx, grad_z, grad_kl):
         mu, logvar, philox = ctx.saved_tensors
@@ -41,19 +42,20 @@ def _autograd(ns):
             grad_z = mu.new_zeros((ctx.num_samples, *mu.shape))
         if grad_kl is None:
             grad_kl = mu.new_zeros(mu.shape[:1])
-        gmu, glv = ns.sample_and_kl_backward(grad_z, grad_kl, mu, logvar, philox, ctx.num_samples)
-        return gmu, glv, None, None
+        gmu, glv = ns.sample_and_kl_backward(grad_z, grad_kl, mu, logvar, philox, ctx.num_samples, *ctx.bounds)
+        return gmu, glv, None, None, None, None
 
     def setup_kl(ctx, inputs, output):
-        mu, logvar, pmu, plv, ctx.reduction, ctx.scale, _ = _pad(inputs, 7)
+        mu, logvar, pmu, plv, ctx.reduction, ctx.scale, _, *bounds = _pad(inputs, 9)  # _: out_dtype
         ctx.save_for_backward(mu, logvar, pmu, plv)
+        ctx.bounds = (*bounds, None, None)[:2]
 
     def kl_bwd(ctx, grad):
         mu, logvar, pmu, plv = ctx.saved_tensors
         gmu, glv, gplv = ns.gaussian_kl_backward(grad.to(mu.dtype), mu, logvar, pmu, plv, ctx.reduction,
-                                                 ctx.scale)
+                                                 ctx.scale, *ctx.bounds)
         return (gmu, glv, -gmu if pmu is not None and _need(ctx, 2) else None,
-                gplv if plv is not None else None, None, None, None)
+                gplv if plv is not None else None, None, None, None, None, None)
 
     def setup_bce(ctx, inputs, output):
         logits, target, ctx.reduction, ctx.scale, weight, pos_weight, _ = _pad(inputs, 7)

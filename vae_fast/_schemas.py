@@ -6,21 +6,25 @@ tests/test_schemas.py checks the two agree. Semantics: docs/ops.md.
 # reduction codes passed to the ops (the Python layer maps "mean"/"batchmean" to SUM + scale)
 NONE, SUM, ROWS = 0, 1, 2
 
+# The sampling and KL ops take optional bounds `logvar_min`, `logvar_max` (None: no bound): logvar is
+# clamped to them inside the kernels, with torch.clamp's gradient (zero outside), as diffusers does.
+
 SCHEMAS = {
-    "reparameterize": "(Tensor mu, Tensor logvar, Tensor philox, int num_samples) -> Tensor",
+    "reparameterize": "(Tensor mu, Tensor logvar, Tensor philox, int num_samples, float? logvar_min=None, float? logvar_max=None) -> Tensor",
     "reparameterize_backward":
-        "(Tensor grad_z, Tensor logvar, Tensor philox, int num_samples) -> Tensor",
+        "(Tensor grad_z, Tensor logvar, Tensor philox, int num_samples, float? logvar_min=None, float? logvar_max=None) -> Tensor",
     "sample_and_kl":
-        "(Tensor mu, Tensor logvar, Tensor philox, int num_samples) -> (Tensor, Tensor)",
+        "(Tensor mu, Tensor logvar, Tensor philox, int num_samples, float? logvar_min=None, float? logvar_max=None) -> (Tensor, Tensor)",
     "sample_and_kl_backward":
-        "(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor philox, int num_samples)"
-        " -> (Tensor, Tensor)",
+        "(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor philox, int num_samples,"
+        " float? logvar_min=None, float? logvar_max=None) -> (Tensor, Tensor)",
     "gaussian_kl":
         "(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, int reduction,"
-        " float scale, ScalarType? out_dtype=None) -> Tensor",
+        " float scale, ScalarType? out_dtype=None, float? logvar_min=None, float? logvar_max=None)"
+        " -> Tensor",
     "gaussian_kl_backward":
         "(Tensor grad, Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar,"
-        " int reduction, float scale) -> (Tensor, Tensor, Tensor)",
+        " int reduction, float scale, float? logvar_min=None, float? logvar_max=None) -> (Tensor, Tensor, Tensor)",
     # weight / pos_weight (F.binary_cross_entropy_with_logits) have logits' shape; out_dtype: the
     # forward output's dtype (None: the inputs'; float32 under autocast, see _autocast.py)
     "bernoulli_nll":

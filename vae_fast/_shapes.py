@@ -40,14 +40,15 @@ def empty(x: torch.Tensor) -> torch.Tensor:
 
 
 FAKES = {
-    "reparameterize": lambda mu, logvar, philox, S: new(mu, (S, *mu.shape)),
-    "reparameterize_backward": lambda grad_z, logvar, philox, S: new(logvar, logvar.shape),
-    "sample_and_kl": lambda mu, logvar, philox, S: (new(mu, (S, *mu.shape)), new(mu, reduced(mu, ROWS))),
+    "reparameterize": lambda mu, logvar, philox, S, lo=None, hi=None: new(mu, (S, *mu.shape)),
+    "reparameterize_backward": lambda grad_z, logvar, philox, S, lo=None, hi=None: new(logvar, logvar.shape),
+    "sample_and_kl": lambda mu, logvar, philox, S, lo=None, hi=None: (
+        new(mu, (S, *mu.shape)), new(mu, reduced(mu, ROWS))),
     "sample_and_kl_backward":
-        lambda grad_z, grad_kl, mu, logvar, philox, S: (new(mu, mu.shape), new(logvar, logvar.shape)),
-    "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale, out_dtype=None:
+        lambda grad_z, grad_kl, mu, logvar, philox, S, lo=None, hi=None: (new(mu, mu.shape), new(logvar, logvar.shape)),
+    "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale, out_dtype=None, lo=None, hi=None:
         new(mu, reduced(mu, reduction), out_dtype),
-    "gaussian_kl_backward": lambda grad, mu, logvar, pmu, plv, reduction, scale: (
+    "gaussian_kl_backward": lambda grad, mu, logvar, pmu, plv, reduction, scale, lo=None, hi=None: (
         new(mu, mu.shape), new(logvar, logvar.shape), new(mu, mu.shape) if plv is not None else empty(mu)),
     "bernoulli_nll": lambda logits, target, reduction, scale, weight=None, pos_weight=None, out_dtype=None:
         new(logits, reduced(logits, reduction), out_dtype),

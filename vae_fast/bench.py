@@ -8,7 +8,10 @@ What is measured (one *case* = op x direction x shape x dtype, one *row* = a cas
 - ops: `reparameterize`, `gaussian_kl` (reduction "sum"), `sample_and_kl`, `bernoulli_nll`
   (reduction "mean"), `negative_elbo` (reduction "batchmean"), and `vae_step`: the reference VAE of
   vae_fast.models (784-400-20 MLP) on a batch; its "fwd" is the loss, its "fwd+bwd" a whole
-  training step (forward, backward and torch.optim.Adam step).
+  training step (forward, backward and torch.optim.Adam step). `diffusers_posterior`: sample() +
+  kl() of diffusers' DiagonalGaussianDistribution on `params` (mean and logvar on dim 1), patched
+  (vae_fast.integrations.diffusers, the fused rows) against the unpatched class (eager, compiled),
+  on latents of 4 or more dims: "ld-8x4x128x128" and the video latent "video-1x16x21x60x104".
 - shapes (`FULL_SHAPES`): "mnist" (latents mu/logvar 128x20, images logits/target 128x784),
   latent-diffusion latents "ld-8x4x128x128" and "ld-8x16x64x64", streams "stream-2^24" and
   "stream-2^26" (128 rows); outside "mnist" one shape serves as both latents and images. dtypes
@@ -43,6 +46,7 @@ gradients are not counted). eps is drawn in-kernel, so it is never read or writt
 | sample_and_kl | read mu, logvar; write z, kl: 3N + B | read grad_z, grad_kl, mu, logvar; write grad_mu, grad_logvar: 5N + B |
 | bernoulli_nll | read logits, target: 2M | read logits, target; write grad_logits: 3M |
 | negative_elbo | read logits, target, mu, logvar: 2M + 2N | 3M + 4N |
+| diffusers_posterior | as sample_and_kl (N = elements of z) | as sample_and_kl |
 | vae_step | null: matrix multiplies bound it, not memory traffic | null |
 
 All times, bandwidths and speedups come from the run that writes them; nothing is hard-coded.
@@ -67,7 +71,8 @@ import torch
 from . import _backends, _outputs, _triton_loader, functional, reference
 from .models import VAE, FusedOps, ReferenceOps
 
-OPS = ("reparameterize", "gaussian_kl", "sample_and_kl", "bernoulli_nll", "negative_elbo", "vae_step")
+OPS = ("reparameterize", "gaussian_kl", "sample_and_kl", "bernoulli_nll", "negative_elbo", "vae_step",
+       "diffusers_posterior")
 DIRECTIONS = ("fwd", "fwd+bwd")
 FUSED_BACKENDS = ("triton", "cuda", "cpu")
 BASELINES = ("eager", "compiled")
@@ -92,6 +97,7 @@ class Shape:
     data: tuple
     latent: tuple
     vae: bool = False  # run vae_step on it (an MLP VAE needs (batch, features) shapes)
+    only: tuple | None = None  # the ops that run on it (None: every op but those needing `only`)
 
 
 def _stream(log2: int, rows: int = 128) -> Shape:
@@ -105,8 +111,12 @@ FULL_SHAPES = (
     Shape("ld-8x16x64x64", (8, 16, 64, 64), (8, 16, 64, 64)),
     _stream(24),
     _stream(26),
+    # a video VAE's latents (Wan 2.1, 81 frames at 832x480): the diffusers posterior only
+    Shape("video-1x16x21x60x104", (1, 16, 21, 60, 104), (1, 16, 21, 60, 104), only=("diffusers_posterior",)),
 )
-QUICK_SHAPES = (Shape("mnist", (128, 784), (128, 20), vae=True), _stream(12))
+QUICK_SHAPES = (Shape("mnist", (128, 784), (128, 20), vae=True), _stream(12),
+                Shape("ld-2x4x8x8", (2, 4, 8, 8), (2, 4, 8, 8), only=("diffusers_posterior",)),
+                Shape("video-1x4x3x4x4", (1, 4, 3, 4, 4), (1, 4, 3, 4, 4), only=("diffusers_posterior",)))
 
 
 # -------------------------------------------------------------------------------- ops
@@ -142,6 +152,44 @@ def _ref_negative_elbo(logits, target, mu, logvar):
     return reference.negative_elbo(logits, target, mu, logvar, reduction="batchmean")
 
 
+def _diffusers_class():
+    """diffusers' DiagonalGaussianDistribution (the unpatched class), or, without diffusers, a copy of
+    its sample/kl (diffusers 0.42, models/autoencoders/vae.py)."""
+    try:
+        from diffusers.models.autoencoders import vae
+
+        from .integrations import diffusers as patched
+        return patched._original or vae.DiagonalGaussianDistribution
+    except ImportError:
+        class DiagonalGaussianDistribution:
+            def __init__(self, parameters):
+                self.mean, self.logvar = torch.chunk(parameters, 2, dim=1)
+                self.logvar = torch.clamp(self.logvar, -30.0, 20.0)
+                self.std, self.var = torch.exp(0.5 * self.logvar), torch.exp(self.logvar)
+
+            def sample(self):
+                return self.mean + self.std * torch.randn_like(self.mean)
+
+            def kl(self):
+                return 0.5 * torch.sum(self.mean ** 2 + self.var - 1.0 - self.logvar, dim=[1, 2, 3])
+        return DiagonalGaussianDistribution
+
+
+def _ref_diffusers_posterior(params):
+    posterior = _diffusers_class()(params)
+    return posterior.sample(), posterior.kl()
+
+
+def _fused_diffusers_posterior(backend):
+    from .integrations.diffusers import DiagonalGaussianDistribution
+
+    def fn(params):
+        posterior = DiagonalGaussianDistribution(params)
+        posterior.backend = backend
+        return posterior.sample(), posterior.kl()
+    return fn
+
+
 def _fused(name: str, **kwargs):
     fn = getattr(functional, name)
     return lambda backend: (lambda *tensors: fn(*tensors, backend=backend, **kwargs))
@@ -159,10 +207,14 @@ SPECS = {s.name: s for s in (
     OpSpec("negative_elbo", ("logits", "target", "mu", "logvar"), ("logits", "mu", "logvar"),
            _ref_negative_elbo, _fused("negative_elbo", reduction="batchmean"),
            lambda M, N, B: 2 * M + 2 * N, lambda M, N, B: 3 * M + 4 * N),
+    # diffusers' posterior, sample() + kl() (4-D: the kl sums dims 1-3 = all but the batch, one fused
+    # kernel; 5-D: a (batch, width) kl): N = elements of z (params hold 2N), sample_and_kl's bytes
+    OpSpec("diffusers_posterior", ("params",), ("params",), _ref_diffusers_posterior,
+           _fused_diffusers_posterior, lambda M, N, B: 3 * N + B, lambda M, N, B: 5 * N + B),
 )}
 
 
-USES = {name: tuple(dict.fromkeys("latent" if i in ("mu", "logvar") else "data" for i in spec.inputs))
+USES = {name: tuple(dict.fromkeys("latent" if i in ("mu", "logvar", "params") else "data" for i in spec.inputs))
         for name, spec in SPECS.items()}  # which of Shape.data / Shape.latent each op takes
 
 
@@ -196,7 +248,13 @@ class Case:
 
 def cases(ops, shapes, dtypes, device) -> list[Case]:
     return [Case(op, d, shape, dtype, device) for op in ops for shape in shapes
-            if op != "vae_step" or shape.vae for dtype in dtypes for d in DIRECTIONS]
+            if (op != "vae_step" or shape.vae) and _runs_on(op, shape) for dtype in dtypes for d in DIRECTIONS]
+
+
+def _runs_on(op: str, shape: Shape) -> bool:
+    if op == "diffusers_posterior":  # diffusers sums its kl over dims [1, 2, 3]: 4-D latents or more
+        return len(shape.latent) >= 4
+    return shape.only is None or op in shape.only
 
 
 def make_inputs(case: Case) -> dict:
@@ -210,6 +268,7 @@ def make_inputs(case: Case) -> dict:
         "logvar": lambda: 0.5 * torch.randn(lat, **kw),
         "logits": lambda: 2.0 * torch.randn(dat, **kw),
         "target": lambda: torch.rand(dat, **kw),
+        "params": lambda: torch.cat([torch.randn(lat, **kw), 0.5 * torch.randn(lat, **kw)], 1),
     }
     names = ("target",) if case.op == "vae_step" else SPECS[case.op].inputs
     return {name: make[name]().to(case.dtype) for name in names}

@@ -46,6 +46,16 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     return mu + torch.exp(0.5 * logvar) * eps
 
 
+def clamp_logvar(logvar: torch.Tensor, logvar_min: float | None = None,
+                 logvar_max: float | None = None) -> torch.Tensor:
+    """logvar clamped to the bounds (None: no bound) with torch.clamp's gradient (zero outside; on a
+    bound itself zero since torch 2.14, as in the kernels): the twin of the `logvar_min`/`logvar_max`
+    clamp inside the sampling and KL kernels."""
+    if logvar_min is None and logvar_max is None:
+        return logvar
+    return torch.clamp(logvar, logvar_min, logvar_max)
+
+
 def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Tensor:
     """Elementwise KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)); N(0, 1) when no prior."""
     check.pair("mu", mu, "logvar", logvar)

@@ -130,6 +130,14 @@ template <class T> VAE_CLONES void add_loop(const T* a, T* acc, int64_t n) {
   for (int64_t i = 0; i < n; ++i) acc[i] += a[i];
 }
 
+// logvar clamped to [lo, hi] (out may be lv), and a gradient zeroed where lv was outside
+template <class T> VAE_CLONES void clamp_loop(const T* lv, T* out, int64_t n, T lo, T hi) {
+  for (int64_t i = 0; i < n; ++i) out[i] = vae::clamp_logvar(lv[i], lo, hi);
+}
+template <class T> VAE_CLONES void clamp_grad_loop(T* g, const T* lv, int64_t n, T lo, T hi) {
+  for (int64_t i = 0; i < n; ++i) g[i] = vae::clamp_grad(g[i], lv[i], lo, hi);
+}
+
 template <class T> VAE_CLONES void kl_std_loop(const T* mu, const T* lv, T* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = vae::kl_std(mu[i], lv[i]);
 }
@@ -349,6 +357,8 @@ void sample(const SampleArgs& a, const at::Tensor& philox, int64_t num_samples) 
     const scalar_t* pm = a.mu.data_ptr<scalar_t>();
     const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
     scalar_t* pz = a.z.data_ptr<scalar_t>();
+    const bool clamp = a.clamp.on;
+    const T lo = static_cast<T>(a.clamp.lo), hi = static_cast<T>(a.clamp.hi);
     std::vector<double> sums(with_kl ? R : 0, 0.0);
     for_blocks<T>(R, R ? N / R : 0, with_kl ? sums.data() : nullptr,
                   [&](int64_t b, int64_t n, T* vals) {
@@ -356,6 +366,7 @@ void sample(const SampleArgs& a, const at::Tensor& philox, int64_t num_samples) 
       alignas(64) float eps[kBlock];
       const T* m = load(pm + b, n, bm);
       const T* l = load(pl + b, n, bl);
+      if (clamp) l = (clamp_loop(l, bl, n, lo, hi), bl);
       std_loop(l, sd, n);
       if (vals) kl_std_loop(m, l, vals, n);
       for (int64_t s = 0; s < num_samples; ++s) {
@@ -386,10 +397,14 @@ void sample_backward(const SampleGradArgs& a, const at::Tensor& philox, int64_t 
     scalar_t* pgl = a.grad_logvar.data_ptr<scalar_t>();
     scalar_t* pgm = with_kl ? a.grad_mu.data_ptr<scalar_t>() : nullptr;
     const int64_t C = R ? N / R : 0;
+    const bool clamp = a.clamp.on;
+    const T lo = static_cast<T>(a.clamp.lo), hi = static_cast<T>(a.clamp.hi);
     for_blocks<T>(R, C, nullptr, [&](int64_t b, int64_t n, T*) {
       alignas(64) T bl[kBlock], bm[kBlock], bg[kBlock], sd[kBlock], gm[kBlock], gl[kBlock];
+      alignas(64) T bc[kBlock];
       alignas(64) float eps[kBlock];
-      const T* l = load(pl + b, n, bl);
+      const T* raw = load(pl + b, n, bl);
+      const T* l = clamp ? (clamp_loop(raw, bc, n, lo, hi), bc) : raw;
       std_loop(l, sd, n);
       T* glv = out_ptr(pgl + b, gl);
       T* gmu = pm ? out_ptr(pgm + b, gm) : nullptr;
@@ -405,6 +420,7 @@ void sample_backward(const SampleGradArgs& a, const at::Tensor& philox, int64_t 
         sample_grad_loop(gz, sd, eps, glv, n);
         if (pm) add_loop(gz, gmu, n);  // grad_mu = sum_s grad_z + ...
       }
+      if (clamp) clamp_grad_loop(glv, raw, n, lo, hi);
       flush(pgl + b, glv, n);
       if (pm) flush(pgm + b, gmu, n);
     });
@@ -416,8 +432,10 @@ using Sampling = SamplingOps<Backend::kCpu, sample, sample_backward>;
 at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
                        const std::optional<at::Tensor>& prior_mu,
                        const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
-                       double scale, std::optional<at::ScalarType> out_dtype) {
-  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCpu);
+                       double scale, std::optional<at::ScalarType> out_dtype,
+                       std::optional<double> logvar_min, std::optional<double> logvar_max) {
+  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCpu,
+                           logvar_min, logvar_max);
   at::Tensor out;
   VAE_DISPATCH(a.mu.scalar_type(), "vae_fast.gaussian_kl", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -425,10 +443,13 @@ at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
     const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
     const scalar_t* ppm = a.prior_mu.defined() ? a.prior_mu.data_ptr<scalar_t>() : nullptr;
     const scalar_t* ppl = a.prior_logvar.defined() ? a.prior_logvar.data_ptr<scalar_t>() : nullptr;
+    const bool clamp = a.clamp.on;
+    const T lo = static_cast<T>(a.clamp.lo), hi = static_cast<T>(a.clamp.hi);
     out = reduce_forward<scalar_t>(a.mu, reduction, scale, [&](int64_t b, int64_t n, T* v) {
       alignas(64) T bm[kBlock], bl[kBlock], bpm[kBlock], bpl[kBlock];
       const T* m = load(pm + b, n, bm);
       const T* l = load(pl + b, n, bl);
+      if (clamp) l = (clamp_loop(l, bl, n, lo, hi), bl);
       if (!ppm && !ppl) return kl_std_loop(m, l, v, n);
       const T* pmv = ppm ? load(ppm + b, n, bpm) : (std::fill(bpm, bpm + n, T(0)), bpm);
       const T* plvv = ppl ? load(ppl + b, n, bpl) : (std::fill(bpl, bpl + n, T(0)), bpl);
@@ -441,8 +462,10 @@ at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
     const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& logvar,
     const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
-    int64_t reduction, double scale) {
-  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCpu, &grad);
+    int64_t reduction, double scale, std::optional<double> logvar_min,
+    std::optional<double> logvar_max) {
+  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCpu,
+                           logvar_min, logvar_max, &grad);
   at::Tensor gmu = grad_out(a.mu), glv = grad_out(a.mu);
   at::Tensor gplv = grad_out(a.mu, a.prior_logvar.defined());
   const int64_t C = row_len(a.mu, reduction);
@@ -457,12 +480,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
     scalar_t* pgl = glv.data_ptr<scalar_t>();
     scalar_t* pgp = ppl ? gplv.data_ptr<scalar_t>() : nullptr;
     const int64_t numel = a.mu.numel();
+    const bool clamp = a.clamp.on;
+    const T lo = static_cast<T>(a.clamp.lo), hi = static_cast<T>(a.clamp.hi);
     for_blocks<T>(numel ? numel / C : 0, C, nullptr, [&](int64_t b, int64_t n, T*) {
       alignas(64) T bg[kBlock], bm[kBlock], bl[kBlock], bpm[kBlock], bpl[kBlock];
-      alignas(64) T om[kBlock], ol[kBlock], op[kBlock];
+      alignas(64) T om[kBlock], ol[kBlock], op[kBlock], bc[kBlock];
       const T* g = grad_block(pg, reduction, scale, C, b, n, bg);
       const T* m = load(pm + b, n, bm);
-      const T* l = load(pl + b, n, bl);
+      const T* raw = load(pl + b, n, bl);
+      const T* l = clamp ? (clamp_loop(raw, bc, n, lo, hi), bc) : raw;
       T* gm = out_ptr(pgm + b, om);
       T* gl = out_ptr(pgl + b, ol);
       if (!ppm && !ppl) {
@@ -474,6 +500,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
         kl_grad_loop(g, m, l, pmv, plvv, gm, gl, gp, n);
         if (pgp) flush(pgp + b, gp, n);
       }
+      if (clamp) clamp_grad_loop(gl, raw, n, lo, hi);
       flush(pgm + b, gm, n);
       flush(pgl + b, gl, n);
     });

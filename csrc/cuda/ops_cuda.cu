@@ -774,8 +774,10 @@ using Sampling = SamplingOps<Backend::kCuda, sample, sample_backward>;
 at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
                        const std::optional<at::Tensor>& prior_mu,
                        const std::optional<at::Tensor>& prior_logvar, int64_t reduction,
-                       double scale, std::optional<at::ScalarType> out_dtype) {
-  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda);
+                       double scale, std::optional<at::ScalarType> out_dtype,
+                       std::optional<double> logvar_min, std::optional<double> logvar_max) {
+  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda,
+                           logvar_min, logvar_max);
   if (!a.has_prior())
     return loss_forward<2>({a.mu, a.logvar, at::Tensor(), at::Tensor()}, reduction, scale,
                            KlStdFwd{}, out_dtype);
@@ -786,8 +788,10 @@ at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
     const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& logvar,
     const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
-    int64_t reduction, double scale) {
-  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda, &grad);
+    int64_t reduction, double scale, std::optional<double> logvar_min,
+    std::optional<double> logvar_max) {
+  const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda,
+                           logvar_min, logvar_max, &grad);
   const bool has_plv = a.prior_logvar.defined();
   at::Tensor gmu = grad_out(a.mu), glv = grad_out(a.mu), gplv = grad_out(a.mu, has_plv);
   if (!a.has_prior())
@@ -796,6 +800,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
   else
     loss_backward<4, 3>(a.grad, {a.mu, a.logvar, a.prior_mu, a.prior_logvar},
                         {gmu, glv, has_plv ? gplv : at::Tensor()}, reduction, scale, KlBwd{});
+  mask_outside(glv, a.unclamped, a.clamp);
   return {gmu, glv, gplv};
 }
 

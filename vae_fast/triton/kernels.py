@@ -113,15 +113,19 @@ def load_or_zero(ptr, offs, mask, PRESENT: tl.constexpr, ACC: tl.constexpr):
 # Every kernel takes (*its tensors, ws, count, R, C, n_units, n_seg, tps, scale_bits or S) and the
 # constexprs REDUCE, SPLIT, F64, BLOCK_R, BLOCK_C, SEG_BLOCK, ROW_BLOCK (ops.launch).
 # scale_bits: the float64 bits of `scale` (m.scale_of); not specialised, so no recompiles per scale.
+# lo_bits, hi_bits (sampling and KL kernels): the logvar bounds, the same way; CLAMP: any bound given.
 
 # ---------------------------------------------------------------- losses
 
-@triton.jit(do_not_specialize=["scale_bits"])
-def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps, scale_bits,
-           HAS_PMU: tl.constexpr, HAS_PLV: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr,
+@triton.jit(do_not_specialize=["scale_bits", "lo_bits", "hi_bits"])
+def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, lo_bits, hi_bits, ws_ptr, count_ptr, R, C, n_units, n_seg, tps,
+           scale_bits, HAS_PMU: tl.constexpr, HAS_PLV: tl.constexpr, CLAMP: tl.constexpr,
+           REDUCE: tl.constexpr, SPLIT: tl.constexpr,
            F64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
            SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
+    lo = m.scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
+    hi = m.scale_of(hi_bits, ACC)
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
@@ -131,6 +135,8 @@ def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, ws_ptr, count_ptr, R, C, n
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             mu = load(mu_ptr, offs, mask, ACC)
             lv = load(lv_ptr, offs, mask, ACC)
+            if CLAMP:
+                lv = m.clamp_logvar(lv, lo, hi)
             if HAS_PMU or HAS_PLV:
                 pmu = load_or_zero(pmu_ptr, offs, mask, HAS_PMU, ACC)
                 plv = load_or_zero(plv_ptr, offs, mask, HAS_PLV, ACC)
@@ -143,13 +149,16 @@ def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, ws_ptr, count_ptr, R, C, n
     finish(out_ptr, ws_ptr, count_ptr, R, n_seg, scale, SPLIT, SEG_BLOCK, ROW_BLOCK)
 
 
-@triton.jit(do_not_specialize=["scale_bits"])
-def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_ptr, ws_ptr, count_ptr,
+@triton.jit(do_not_specialize=["scale_bits", "lo_bits", "hi_bits"])
+def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_ptr, lo_bits, hi_bits, ws_ptr, count_ptr,
            R, C, n_units, n_seg, tps, scale_bits,
-           HAS_PMU: tl.constexpr, HAS_PLV: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr,
+           HAS_PMU: tl.constexpr, HAS_PLV: tl.constexpr, CLAMP: tl.constexpr, REDUCE: tl.constexpr,
+           SPLIT: tl.constexpr,
            F64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
            SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
+    lo = m.scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
+    hi = m.scale_of(hi_bits, ACC)
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
@@ -161,7 +170,11 @@ def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_pt
             lv = load(lv_ptr, offs, mask, ACC)
             pmu = load_or_zero(pmu_ptr, offs, mask, HAS_PMU, ACC)
             plv = load_or_zero(plv_ptr, offs, mask, HAS_PLV, ACC)
-            gmu, glv, gplv = m.kl_prior_grads(mu, lv, pmu, plv, g)
+            if CLAMP:
+                gmu, glv, gplv = m.kl_prior_grads(mu, m.clamp_logvar(lv, lo, hi), pmu, plv, g)
+                glv = m.clamp_grad(glv, lv, lo, hi)
+            else:
+                gmu, glv, gplv = m.kl_prior_grads(mu, lv, pmu, plv, g)
             tl.store(gmu_ptr + offs, gmu, mask=mask)
             tl.store(glv_ptr + offs, glv, mask=mask)
             if HAS_PLV:
@@ -310,12 +323,14 @@ def eps_tile(seed, offset, s, N, rb, cb, offs, C,
         return m.eps_at(seed, offset, s * N + offs)
 
 
-@triton.jit
-def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps, S,
-               FAST_RNG: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr,
+@triton.jit(do_not_specialize=["lo_bits", "hi_bits"])
+def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, lo_bits, hi_bits, ws_ptr, count_ptr, R, C, n_units, n_seg, tps,
+               S, FAST_RNG: tl.constexpr, CLAMP: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr,
                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """z[s] = mu + exp(0.5*lv) * eps for every sample s; with REDUCE the KL row sums as well."""
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
+    lo = m.scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
+    hi = m.scale_of(hi_bits, ACC)
     seed = tl.load(philox_ptr)
     offset = tl.load(philox_ptr + 1)
     N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
@@ -327,6 +342,8 @@ def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, ws_ptr, count_ptr, R, 
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             mu = load(mu_ptr, offs, mask, ACC)
             lv = load(lv_ptr, offs, mask, ACC)
+            if CLAMP:
+                lv = m.clamp_logvar(lv, lo, hi)
             std = tl.exp(0.5 * lv)
             for s in range(S):
                 eps = eps_tile(seed, offset, s, N, rb, cb, offs, C, FAST_RNG, BLOCK_R, BLOCK_C).to(ACC)
@@ -338,13 +355,15 @@ def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, ws_ptr, count_ptr, R, 
     finish(kl_ptr, ws_ptr, count_ptr, R, n_seg, 1.0, SPLIT, SEG_BLOCK, ROW_BLOCK)
 
 
-@triton.jit
-def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, ws_ptr, count_ptr,
+@triton.jit(do_not_specialize=["lo_bits", "hi_bits"])
+def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, lo_bits, hi_bits, ws_ptr, count_ptr,
                R, C, n_units, n_seg, tps, S,
-               FAST_RNG: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr,
+               FAST_RNG: tl.constexpr, CLAMP: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr,
                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """Replays eps; grad_logvar (and with REDUCE, the KL's gradient, grad_mu too) in one pass over grad_z."""
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
+    lo = m.scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
+    hi = m.scale_of(hi_bits, ACC)
     seed = tl.load(philox_ptr)
     offset = tl.load(philox_ptr + 1)
     N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
@@ -353,7 +372,8 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, ws
         for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
             cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
-            lv = load(lv_ptr, offs, mask, ACC)
+            lv_in = load(lv_ptr, offs, mask, ACC)
+            lv = m.clamp_logvar(lv_in, lo, hi) if CLAMP else lv_in
             std = tl.exp(0.5 * lv)
             sum_gz = tl.zeros([BLOCK_R, BLOCK_C], ACC)
             sum_gz_eps = tl.zeros([BLOCK_R, BLOCK_C], ACC)
@@ -368,5 +388,7 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, ws
                 mu = load(mu_ptr, offs, mask, ACC)
                 tl.store(gmu_ptr + offs, sum_gz + gkl * mu, mask=mask)
                 glv += 0.5 * gkl * (tl.exp(lv) - 1.0)
+            if CLAMP:
+                glv = m.clamp_grad(glv, lv_in, lo, hi)
             tl.store(glv_ptr + offs, glv, mask=mask)
         rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)

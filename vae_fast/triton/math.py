@@ -118,6 +118,20 @@ def eps_at(seed, offset, flat):
     return tl.where((flat & 1) == 0, n_cos, n_sin)
 
 
+# ---- logvar clamped to [lo, hi] (kernels/vae_math.h: clamp_logvar, clamp_grad) ----
+
+@triton.jit
+def clamp_logvar(lv, lo, hi):
+    """NaN stays NaN."""
+    return tl.where(lv < lo, lo, tl.where(lv > hi, hi, lv))
+
+
+@triton.jit
+def clamp_grad(g, lv, lo, hi):
+    """g times d clamp_logvar / d lv: zero outside (lo, hi) and on the bounds (vae_math.h)."""
+    return tl.where((lv <= lo) | (lv >= hi), 0.0, g)
+
+
 # ---- the stable forms of docs/ops.md "Numerics" ----
 
 @triton.jit

@@ -5,6 +5,7 @@ triton_op also uses each function as the op's fake kernel, so they must stay sha
 from __future__ import annotations
 
 import functools
+import math
 import struct
 import unittest.mock
 from dataclasses import dataclass
@@ -188,6 +189,15 @@ def rows_cols(x: torch.Tensor, reduction: int):
     return 1, x.numel()
 
 
+def bounds(logvar_min, logvar_max):
+    """The kernels' (lo_bits, hi_bits, CLAMP) for optional logvar bounds (float64 bits, as scale_bits);
+    no clamp code when both are None."""
+    if logvar_min is None and logvar_max is None:
+        return 0, 0, False
+    return (scale_bits(-math.inf if logvar_min is None else logvar_min),
+            scale_bits(math.inf if logvar_max is None else logvar_max), True)
+
+
 def fast_rng(R: int, C: int) -> bool:
     """Can a tile's eps come from whole Philox groups? (contiguous, 4-aligned tiles)"""
     block_r, block_c = tile_shape(R, C)
@@ -198,22 +208,25 @@ def fast_rng(R: int, C: int) -> bool:
 
 @op("gaussian_kl")
 def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None, prior_logvar: Tensor | None,
-                reduction: int, scale: float, out_dtype: torch.dtype | None = None) -> Tensor:
+                reduction: int, scale: float, out_dtype: torch.dtype | None = None,
+                logvar_min: float | None = None, logvar_max: float | None = None) -> Tensor:
     fmt = _shapes.memory_format(mu)  # channels-last stays channels-last
     mu, logvar = mu.contiguous(memory_format=fmt), logvar.contiguous(memory_format=fmt)
     pmu = mu if prior_mu is None else prior_mu.contiguous(memory_format=fmt)
     plv = mu if prior_logvar is None else prior_logvar.contiguous(memory_format=fmt)
     out = reduced_out(mu, reduction, out_dtype)
     R, C = rows_cols(mu, reduction)
-    launch(k.kl_fwd, mu, R, C, (mu, logvar, pmu, plv, out), scale_bits(scale), reduction, out,
-           HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None)
+    lo, hi, clamp = bounds(logvar_min, logvar_max)
+    launch(k.kl_fwd, mu, R, C, (mu, logvar, pmu, plv, out, lo, hi), scale_bits(scale), reduction, out,
+           HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None, CLAMP=clamp)
     return out
 
 
 @op("gaussian_kl_backward")
 def gaussian_kl_backward(grad: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Tensor | None,
-                         prior_logvar: Tensor | None, reduction: int,
-                         scale: float) -> tuple[Tensor, Tensor, Tensor]:
+                         prior_logvar: Tensor | None, reduction: int, scale: float,
+                         logvar_min: float | None = None,
+                         logvar_max: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
     fmt = _shapes.memory_format(mu)  # channels-last stays channels-last
     grad = grad_arg(grad, fmt, reduction)
     mu, logvar = mu.contiguous(memory_format=fmt), logvar.contiguous(memory_format=fmt)
@@ -223,8 +236,10 @@ def gaussian_kl_backward(grad: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Ten
     gplv = torch.empty_like(mu) if prior_logvar is not None else mu.new_empty(0)
     R, C = rows_cols(mu, reduction)
     # an absent output gets a real buffer as its (never written) pointer: Triton rejects a null one
-    launch(k.kl_bwd, mu, R, C, (grad, mu, logvar, pmu, plv, gmu, glv, gplv if gplv.numel() else gmu),
-           scale_bits(scale), reduction, HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None)
+    lo, hi, clamp = bounds(logvar_min, logvar_max)
+    launch(k.kl_bwd, mu, R, C, (grad, mu, logvar, pmu, plv, gmu, glv, gplv if gplv.numel() else gmu, lo, hi),
+           scale_bits(scale), reduction, HAS_PMU=prior_mu is not None, HAS_PLV=prior_logvar is not None,
+           CLAMP=clamp)
     return gmu, glv, gplv
 
 
@@ -294,46 +309,52 @@ def gaussian_nll_backward(grad: Tensor, mean: Tensor, logvar: Tensor, target: Te
 
 # ---------------------------------------------------------------- sampling
 
-def sample(mu, logvar, philox, num_samples: int, with_kl: bool):
+def sample(mu, logvar, philox, num_samples: int, with_kl: bool, logvar_min, logvar_max):
     mu, logvar = mu.contiguous(), logvar.contiguous()
     z = torch.empty((num_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
     kl = reduced_out(mu, ROWS) if with_kl else z
     reduction = ROWS if with_kl else NONE
     R, C = rows_cols(mu, reduction)  # rows only matter for the KL
-    launch(k.sample_fwd, mu, R, C, (mu, logvar, philox, z, kl), num_samples, reduction, kl,
-           FAST_RNG=fast_rng(R, C))
+    lo, hi, clamp = bounds(logvar_min, logvar_max)
+    launch(k.sample_fwd, mu, R, C, (mu, logvar, philox, z, kl, lo, hi), num_samples, reduction, kl,
+           FAST_RNG=fast_rng(R, C), CLAMP=clamp)
     return z, kl
 
 
-def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int):
+def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int, logvar_min, logvar_max):
     grad_z, logvar = grad_z.contiguous(), logvar.contiguous()
     with_kl = grad_kl is not None
     glv = torch.empty_like(logvar)
     gmu = torch.empty_like(logvar) if with_kl else glv
     reduction = ROWS if with_kl else NONE
     R, C = rows_cols(logvar, reduction)
+    lo, hi, clamp = bounds(logvar_min, logvar_max)
     launch(k.sample_bwd, logvar, R, C, (grad_z, grad_kl.contiguous() if with_kl else glv,
-           mu.contiguous() if with_kl else glv, logvar, philox, gmu, glv), num_samples, reduction,
-           FAST_RNG=fast_rng(R, C))
+           mu.contiguous() if with_kl else glv, logvar, philox, gmu, glv, lo, hi), num_samples, reduction,
+           FAST_RNG=fast_rng(R, C), CLAMP=clamp)
     return gmu, glv
 
 
 @op("reparameterize")
-def reparameterize(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> Tensor:
-    return sample(mu, logvar, philox, num_samples, with_kl=False)[0]
+def reparameterize(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int, logvar_min: float | None = None,
+                   logvar_max: float | None = None) -> Tensor:
+    return sample(mu, logvar, philox, num_samples, False, logvar_min, logvar_max)[0]
 
 
 @op("reparameterize_backward")
-def reparameterize_backward(grad_z: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> Tensor:
-    return sample_backward(grad_z, None, logvar, logvar, philox, num_samples)[1]
+def reparameterize_backward(grad_z: Tensor, logvar: Tensor, philox: Tensor, num_samples: int,
+                            logvar_min: float | None = None, logvar_max: float | None = None) -> Tensor:
+    return sample_backward(grad_z, None, logvar, logvar, philox, num_samples, logvar_min, logvar_max)[1]
 
 
 @op("sample_and_kl")
-def sample_and_kl(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
-    return sample(mu, logvar, philox, num_samples, with_kl=True)
+def sample_and_kl(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int, logvar_min: float | None = None,
+                  logvar_max: float | None = None) -> tuple[Tensor, Tensor]:
+    return sample(mu, logvar, philox, num_samples, True, logvar_min, logvar_max)
 
 
 @op("sample_and_kl_backward")
 def sample_and_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, philox: Tensor,
-                           num_samples: int) -> tuple[Tensor, Tensor]:
-    return sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples)
+                           num_samples: int, logvar_min: float | None = None,
+                           logvar_max: float | None = None) -> tuple[Tensor, Tensor]:
+    return sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples, logvar_min, logvar_max)
