@@ -130,4 +130,19 @@ template <class T> VAE_HD void gauss_nll_grad(T g, T m, T lv, T t, T* grad_m, T*
   *grad_lv = T(0.5) * g * (T(1) - q * q);
 }
 
+// ---- latent log-densities (vae_fast/iwae.py): a * log N(z; 0, 1) + b * log N(z; mu, e^lv) ----
+// a = 1, b = -1 is log p(z) - log q(z|x) of the importance weights; b = 0 needs no mu, lv (pass 0)
+template <class T> VAE_HD T log_density(T z, T mu, T lv, T a, T b) {
+  const T d = z - mu;
+  return T(-0.5) * (a * (z * z + T(kLog2Pi)) + b * (T(kLog2Pi) + lv + d * d * vexp(-lv)));
+}
+// g times its derivatives in z, mu, lv
+template <class T>
+VAE_HD void log_density_grad(T g, T z, T mu, T lv, T a, T b, T* grad_z, T* grad_mu, T* grad_lv) {
+  const T d = z - mu, r = d * vexp(-lv);  // r = (z - mu) / var
+  *grad_z = -g * (a * z + b * r);
+  *grad_mu = g * b * r;
+  *grad_lv = T(-0.5) * g * b * (T(1) - d * r);
+}
+
 }  // namespace vae

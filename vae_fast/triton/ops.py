@@ -299,3 +299,6 @@ def sample_and_kl(mu: Tensor, logvar: Tensor, philox: Tensor, num_samples: int) 
 def sample_and_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, philox: Tensor,
                            num_samples: int) -> tuple[Tensor, Tensor]:
     return sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples)
+
+
+from . import iwae as _iwae  # noqa: E402,F401  (defines log_density(_backward): vae_fast/triton/iwae.py)
