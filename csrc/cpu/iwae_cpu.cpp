@@ -30,7 +30,7 @@ namespace vae_fast {
 namespace {
 
 constexpr int64_t kBlock = 1024;  // elements per chunk: the buffers stay in L1
-constexpr int64_t kGrain = 16384;  // elements per parallel task, at least
+constexpr int64_t kGrain = 65536;  // elements per parallel task, at least: small ones stay serial
 
 template <class T>
 IWAE_CLONES void density_loop(const T* z, const T* mu, const T* lv, T a, T b, T* out, int64_t n) {
