@@ -263,13 +263,18 @@ def test_opcheck(backend):
     z, zt, mu, lv = new(6, 4), new(4, 6).t(), new(3, 4), new(3, 4)
     for red, scale in ((NONE, 1.0), (SUM, 0.5), (ROWS, 1.0)):
         for args in ((z, mu, lv, 1.0, -1.0, red, scale), (zt, mu, lv, 0.0, 1.0, red, scale),
-                     (z, None, None, 1.0, 0.0, red, scale)):
+                     (z, None, None, 1.0, 0.0, red, scale), (z, None, None, 0.5, 3.0, red, scale)):
             torch.library.opcheck(ns.log_density.default, args)
         grad = {NONE: torch.randn(6, 4), SUM: torch.tensor(0.7), ROWS: torch.randn(6)}[red].to(device)
         torch.library.opcheck(ns.log_density_backward.default,
                               (grad, z.detach(), mu.detach(), lv.detach(), 1.0, -1.0, red, scale, True))
         torch.library.opcheck(ns.log_density_backward.default,
                               (grad, z.detach(), None, None, 1.0, 0.0, red, scale, False))
+        # without mu, logvar: q_coef is ignored, on every backend
+        plain = ns.log_density(z.detach(), None, None, 0.5, 0.0, red, scale)
+        torch.testing.assert_close(ns.log_density(z.detach(), None, None, 0.5, 3.0, red, scale), plain)
+        torch.testing.assert_close(ns.log_density_backward(grad, z.detach(), None, None, 0.5, 3.0, red, scale, False)[0],
+                                   ns.log_density_backward(grad, z.detach(), None, None, 0.5, 0.0, red, scale, False)[0])
 
 
 # ------------------------------------------------------------------------- training, log p(x)

@@ -142,7 +142,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_density_backward(
     scalar_t* pgz = gz.data_ptr<scalar_t>();
     scalar_t* pgm = params ? gmu.data_ptr<scalar_t>() : nullptr;
     scalar_t* pgl = params ? glv.data_ptr<scalar_t>() : nullptr;
-    const T ta = static_cast<T>(prior_coef), tb = static_cast<T>(q_coef), ts = static_cast<T>(scale);
+    // without mu, logvar there is no q term: q_coef is ignored
+    const T ta = static_cast<T>(prior_coef), tb = pm ? static_cast<T>(q_coef) : T(0);
+    const T ts = static_cast<T>(scale);
     const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(K * C, 1));
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       alignas(64) T bz[kBlock], bm[kBlock], bl[kBlock], bg[kBlock], oz[kBlock], am[kBlock], al[kBlock];

@@ -66,6 +66,7 @@ def log_density_bwd(grad_ptr, z_ptr, mu_ptr, lv_ptr, gz_ptr, gmu_ptr, glv_ptr, N
     else:
         mu = tl.zeros([BLOCK_N], ACC)
         lv = tl.zeros([BLOCK_N], ACC)
+        b = b * 0.0  # no q term without mu, logvar: q_coef is ignored
     gmu = tl.zeros([BLOCK_N], ACC)
     glv = tl.zeros([BLOCK_N], ACC)
     B = N // C
