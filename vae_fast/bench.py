@@ -6,7 +6,9 @@ pytest-benchmark suites in benchmarks/ both build their cases and callables here
 
 What is measured (one *case* = op x direction x shape x dtype, one *row* = a case on one impl):
 - ops: `reparameterize`, `gaussian_kl` (reduction "sum"), `sample_and_kl`, `bernoulli_nll`
-  (reduction "mean"), `negative_elbo` (reduction "batchmean"), and `vae_step`: the reference VAE of
+  (reduction "mean"), `negative_elbo` (reduction "batchmean"), `negative_iwae_bound` (K = 50 samples
+  drawn from mu, logvar, a stand-in log p(x|z) = -|z|^2 / 2, estimator "dreg"; shape "iwae-128x50"
+  is its batch 128, latent 50; latents of at most 2^20 elements), and `vae_step`: the reference VAE of
   vae_fast.models (784-400-20 MLP) on a batch; its "fwd" is the loss, its "fwd+bwd" a whole
   training step (forward, backward and torch.optim.Adam step).
 - shapes (`FULL_SHAPES`): "mnist" (latents mu/logvar 128x20, images logits/target 128x784),
@@ -44,6 +46,7 @@ gradients are not counted). eps is drawn in-kernel, so it is never read or writt
 | bernoulli_nll | read logits, target: 2M | read logits, target; write grad_logits: 3M |
 | negative_elbo | read logits, target, mu, logvar: 2M + 2N | 3M + 4N |
 | vae_step | null: matrix multiplies bound it, not memory traffic | null |
+| negative_iwae_bound | read mu, logvar; write z (K = 50 samples), read it back: 2N + 2KN | read and write grad_z, read z; read logvar, write grad_mu, grad_logvar: 3KN + 3N |
 
 All times, bandwidths and speedups come from the run that writes them; nothing is hard-coded.
 """
@@ -67,7 +70,8 @@ import torch
 from . import _backends, _outputs, _triton_loader, functional, reference
 from .models import VAE, FusedOps, ReferenceOps
 
-OPS = ("reparameterize", "gaussian_kl", "sample_and_kl", "bernoulli_nll", "negative_elbo", "vae_step")
+OPS = ("reparameterize", "gaussian_kl", "sample_and_kl", "bernoulli_nll", "negative_elbo", "vae_step",
+       "negative_iwae_bound")
 DIRECTIONS = ("fwd", "fwd+bwd")
 FUSED_BACKENDS = ("triton", "cuda", "cpu")
 BASELINES = ("eager", "compiled")
@@ -105,6 +109,7 @@ FULL_SHAPES = (
     Shape("ld-8x16x64x64", (8, 16, 64, 64), (8, 16, 64, 64)),
     _stream(24),
     _stream(26),
+    Shape("iwae-128x50", (128, 784), (128, 50)),  # negative_iwae_bound at K = 50 (issue 12)
 )
 QUICK_SHAPES = (Shape("mnist", (128, 784), (128, 20), vae=True), _stream(12))
 
@@ -142,6 +147,28 @@ def _ref_negative_elbo(logits, target, mu, logvar):
     return reference.negative_elbo(logits, target, mu, logvar, reduction="batchmean")
 
 
+IW_K = 50  # importance samples of negative_iwae_bound
+IW_MAX_LATENT = 2 ** 20  # latents it runs on at most (z is IW_K times larger)
+
+
+def _iw_log_px(z):
+    """A stand-in decoder term log p(x|z), (K, B), differentiable in z: the same for every impl."""
+    return -0.5 * (z * z).flatten(2).sum(-1)
+
+
+def _ref_negative_iwae_bound(mu, logvar):
+    z = reference.reparameterize(mu, logvar, torch.randn((IW_K, *mu.shape), dtype=mu.dtype, device=mu.device))
+    return reference.negative_iwae_bound(_iw_log_px(z), z, mu, logvar, estimator="dreg")
+
+
+def _fused_negative_iwae_bound(backend):
+    def fn(mu, logvar):
+        z = functional.reparameterize(mu, logvar, num_samples=IW_K, backend=backend)
+        return functional.negative_iwae_bound(_iw_log_px(z), z, mu, logvar, estimator="dreg",
+                                              backend=backend)
+    return fn
+
+
 def _fused(name: str, **kwargs):
     fn = getattr(functional, name)
     return lambda backend: (lambda *tensors: fn(*tensors, backend=backend, **kwargs))
@@ -159,6 +186,9 @@ SPECS = {s.name: s for s in (
     OpSpec("negative_elbo", ("logits", "target", "mu", "logvar"), ("logits", "mu", "logvar"),
            _ref_negative_elbo, _fused("negative_elbo", reduction="batchmean"),
            lambda M, N, B: 2 * M + 2 * N, lambda M, N, B: 3 * M + 4 * N),
+    OpSpec("negative_iwae_bound", ("mu", "logvar"), ("mu", "logvar"), _ref_negative_iwae_bound,
+           _fused_negative_iwae_bound, lambda M, N, B: 2 * N + 2 * IW_K * N,
+           lambda M, N, B: 3 * IW_K * N + 3 * N),
 )}
 
 
@@ -196,7 +226,9 @@ class Case:
 
 def cases(ops, shapes, dtypes, device) -> list[Case]:
     return [Case(op, d, shape, dtype, device) for op in ops for shape in shapes
-            if op != "vae_step" or shape.vae for dtype in dtypes for d in DIRECTIONS]
+            if (op != "vae_step" or shape.vae)
+            and (op != "negative_iwae_bound" or math.prod(shape.latent) <= IW_MAX_LATENT)
+            for dtype in dtypes for d in DIRECTIONS]
 
 
 def make_inputs(case: Case) -> dict:
