@@ -339,3 +339,19 @@ def test_fused_log_marginal_likelihood_matches_reference(backend):
     assert fused.shape == ref.shape == (8,)
     torch.testing.assert_close(fused, ref, rtol=0, atol=0.02)
     assert not torch.equal(fused, ref)  # really another path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_prob_finite_at_the_mean_for_any_logvar(backend):
+    """docs/ops.md "Numerics": (z - mu)^2 e^-logvar is 0 at z == mu even where e^-logvar overflows
+    (logvar = -200 in float32), values and gradients, on every backend."""
+    device = device_for(backend)
+    mu = torch.tensor([[0.5, -1.0]], device=device).requires_grad_()
+    logvar = torch.tensor([[-200.0, 3.0]], device=device).requires_grad_()
+    z = mu.detach().expand(2, 1, 2).clone().requires_grad_()
+    out = vae_fast.gaussian_log_prob(z, mu, logvar, num_samples=2, backend=backend)
+    torch.testing.assert_close(out, torch.full((2, 1), 0.5 * (200.0 - 3.0) - math.log(2 * math.pi), device=device))
+    grads = torch.autograd.grad(out.sum(), [z, mu, logvar])
+    for g in grads:
+        assert torch.isfinite(g).all(), grads
+    torch.testing.assert_close(grads[2], torch.full((1, 2), -1.0, device=device))  # -0.5 per sample, 2 samples

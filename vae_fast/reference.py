@@ -163,8 +163,8 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
     check.floating("z", z)
     check.pair("mu", mu, "logvar", logvar)
     check.broadcastable_to("mu", mu, z.shape)
-    diff = z - mu
-    return -0.5 * (LOG_2PI + logvar + diff * diff * torch.exp(-logvar))
+    q = _scaled(z - mu, logvar)  # (z - mu)^2 e^-logvar is q^2, finite at z == mu
+    return -0.5 * (LOG_2PI + logvar + q * q)
 
 
 def per_datapoint(x: torch.Tensor, event_dims: int) -> torch.Tensor:

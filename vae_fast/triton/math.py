@@ -199,13 +199,14 @@ def gauss_nll_grads(m, lv, t, g):
 
 @triton.jit
 def log_density(z, mu, lv, a, b):
-    d = z - mu
-    return -0.5 * (a * (z * z + LOG_2PI) + b * (LOG_2PI + lv + d * d * tl.exp(-lv)))
+    q = scaled(z - mu, tl.exp(-0.5 * lv))  # (z - mu)^2 e^-lv as q^2: finite at z == mu for any lv
+    return -0.5 * (a * (z * z + LOG_2PI) + b * (LOG_2PI + lv + q * q))
 
 
 @triton.jit
 def log_density_grads(z, mu, lv, a, b, g):
     """(d/dz, d/dmu, d/dlv) of g * log_density."""
-    d = z - mu
-    r = d * tl.exp(-lv)
-    return -g * (a * z + b * r), g * b * r, -0.5 * g * b * (1.0 - d * r)
+    e = tl.exp(-0.5 * lv)
+    q = scaled(z - mu, e)
+    r = scaled(q, e)  # (z - mu) e^-lv
+    return -g * (a * z + b * r), g * b * r, -0.5 * g * b * (1.0 - q * q)
