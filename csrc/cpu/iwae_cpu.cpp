@@ -93,25 +93,41 @@ at::Tensor log_density(const at::Tensor& z, const std::optional<at::Tensor>& mu,
     const T ta = static_cast<T>(prior_coef), tb = static_cast<T>(q_coef);
     at::parallel_for(0, R, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
       alignas(64) T bz[kBlock], bm[kBlock], bl[kBlock], v[kBlock];
-      for (int64_t r = r0; r < r1; ++r) {
-        double row = 0;
-        for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-          const int64_t n = std::min(kBlock, C - c0);
-          const T* zz = load(pz + r * C + c0, n, bz);
-          if (pm) {
-            const int64_t q = (r % B) * C + c0;
-            density_loop(zz, load(pm + q, n, bm), load(pl + q, n, bl), ta, tb, v, n);
-          } else {
-            prior_loop(zz, ta, v, n);
-          }
-          if (reduction == kNone) {
-            store(v, static_cast<T>(scale), n, po + r * C + c0);
-          } else {
-            row += static_cast<double>(chunk_sum(v, n));
-          }
+      // the value of n elements of z from flat offset e, with mu, logvar from offset q
+      auto values = [&](int64_t e, int64_t q, int64_t n) {
+        const T* zz = load(pz + e, n, bz);
+        if (pm) {
+          density_loop(zz, load(pm + q, n, bm), load(pl + q, n, bl), ta, tb, v, n);
+        } else {
+          prior_loop(zz, ta, v, n);
         }
+        if (reduction == kNone) store(v, static_cast<T>(scale), n, po + e);
+      };
+      auto put_row = [&](int64_t r, double row) {
         if (reduction == kRows) po[r] = static_cast<scalar_t>(scale * row);
         if (reduction == kSum) rows[r] = row;
+      };
+      if (C > kBlock) {  // long rows: each in chunks
+        for (int64_t r = r0; r < r1; ++r) {
+          double row = 0;
+          for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+            const int64_t n = std::min(kBlock, C - c0);
+            values(r * C + c0, (r % B) * C + c0, n);
+            if (reduction != kNone) row += static_cast<double>(chunk_sum(v, n));
+          }
+          put_row(r, row);
+        }
+        return;
+      }
+      // short rows: blocks of whole rows whose mu rows are consecutive (no wrap past row B - 1)
+      for (int64_t r = r0; r < r1;) {
+        const int64_t nr = std::min({r1 - r, std::max<int64_t>(1, kBlock / std::max<int64_t>(C, 1)),
+                                     pm ? B - r % B : r1 - r});
+        values(r * C, (r % B) * C, nr * C);
+        if (reduction != kNone) {
+          for (int64_t j = 0; j < nr; ++j) put_row(r + j, static_cast<double>(chunk_sum(v + j * C, C)));
+        }
+        r += nr;
       }
     });
     if (reduction == kSum) {
@@ -145,38 +161,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_density_backward(
     // without mu, logvar there is no q term: q_coef is ignored
     const T ta = static_cast<T>(prior_coef), tb = pm ? static_cast<T>(q_coef) : T(0);
     const T ts = static_cast<T>(scale);
-    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(K * C, 1));
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    // flat elements i of mu (sample k's are z[k*N + i], contiguous): blocks of up to kBlock, each
+    // walking the K samples in order, so the sums over k do not depend on the threads
+    const int64_t N = B * C;
+    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(K, 1)), [&](int64_t i_begin, int64_t i_end) {
       alignas(64) T bz[kBlock], bm[kBlock], bl[kBlock], bg[kBlock], oz[kBlock], am[kBlock], al[kBlock];
-      for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-          const int64_t n = std::min(kBlock, C - c0);
-          const T *m = bm, *l = bl;
-          if (pm) {
-            m = load(pm + b * C + c0, n, bm);
-            l = load(pl + b * C + c0, n, bl);
-          } else {
-            std::fill(bm, bm + n, T(0));
-            std::fill(bl, bl + n, T(0));
-          }
-          std::fill(am, am + n, T(0));
-          std::fill(al, al + n, T(0));
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t r = k * B + b;
-            if (reduction == kNone) {
-              const scalar_t* g = pg + r * C + c0;
-              for (int64_t i = 0; i < n; ++i) bg[i] = ts * static_cast<T>(g[i]);
-            } else {
-              std::fill(bg, bg + n, ts * static_cast<T>(pg[reduction == kRows ? r : 0]));
-            }
-            density_grad_loop(bg, load(pz + r * C + c0, n, bz), m, l, ta, tb, oz, am, al, n);
-            for (int64_t i = 0; i < n; ++i) pgz[r * C + c0 + i] = static_cast<scalar_t>(oz[i]);
-          }
-          if (params) {
+      for (int64_t i0 = i_begin; i0 < i_end; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, i_end - i0);
+        const T *m = bm, *l = bl;
+        if (pm) {
+          m = load(pm + i0, n, bm);
+          l = load(pl + i0, n, bl);
+        } else {
+          std::fill(bm, bm + n, T(0));
+          std::fill(bl, bl + n, T(0));
+        }
+        std::fill(am, am + n, T(0));
+        std::fill(al, al + n, T(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t e0 = k * N + i0;
+          if (reduction == kNone) {
+            for (int64_t i = 0; i < n; ++i) bg[i] = ts * static_cast<T>(pg[e0 + i]);
+          } else if (reduction == kSum) {
+            std::fill(bg, bg + n, ts * static_cast<T>(pg[0]));
+          } else {  // ROWS: row k*B + (i0 + i) / C of z
+            int64_t row = k * B + i0 / C, c = i0 % C;
             for (int64_t i = 0; i < n; ++i) {
-              pgm[b * C + c0 + i] = static_cast<scalar_t>(am[i]);
-              pgl[b * C + c0 + i] = static_cast<scalar_t>(al[i]);
+              bg[i] = ts * static_cast<T>(pg[row]);
+              if (++c == C) c = 0, ++row;
             }
+          }
+          density_grad_loop(bg, load(pz + e0, n, bz), m, l, ta, tb, oz, am, al, n);
+          for (int64_t i = 0; i < n; ++i) pgz[e0 + i] = static_cast<scalar_t>(oz[i]);
+        }
+        if (params) {
+          for (int64_t i = 0; i < n; ++i) {
+            pgm[i0 + i] = static_cast<scalar_t>(am[i]);
+            pgl[i0 + i] = static_cast<scalar_t>(al[i]);
           }
         }
       }
