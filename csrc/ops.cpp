@@ -49,6 +49,11 @@ TORCH_LIBRARY(vae_fast, m) {
         " ScalarType? out_dtype=None) -> Tensor");
   m.def("gaussian_nll_backward(Tensor grad, Tensor mean, Tensor logvar, Tensor target,"
         " int reduction, float scale) -> (Tensor, Tensor)");
+  // multi-sample objectives (vae_fast/iwae.py; kernels csrc/cpu/iwae_cpu.cpp, csrc/cuda/iwae_cuda.cu)
+  m.def("log_density(Tensor z, Tensor? mu, Tensor? logvar, float prior_coef, float q_coef,"
+        " int reduction, float scale) -> Tensor");
+  m.def("log_density_backward(Tensor grad, Tensor z, Tensor? mu, Tensor? logvar, float prior_coef,"
+        " float q_coef, int reduction, float scale, bool params_grad) -> (Tensor, Tensor, Tensor)");
 }
 
 // Test helper outside the public namespace: the raw Philox words and uniforms of groups

@@ -165,4 +165,20 @@ template <class T> VAE_HD void gauss_nll_grad(T g, T m, T lv, T t, T* grad_m, T*
   *grad_lv = T(0.5) * g * (T(1) - q * q);
 }
 
+// ---- latent log-densities (vae_fast/iwae.py): a * log N(z; 0, 1) + b * log N(z; mu, e^lv) ----
+// a = 1, b = -1 is log p(z) - log q(z|x) of the importance weights; b = 0 needs no mu, lv (pass 0)
+// (z - mu)^2 e^-lv as q^2, q = (z - mu) e^(-lv/2): finite at z == mu for any lv (docs/ops.md "Numerics")
+template <class T> VAE_HD T log_density(T z, T mu, T lv, T a, T b) {
+  const T q = scaled(z - mu, exp_neg_half(lv));
+  return T(-0.5) * (a * (z * z + T(kLog2Pi)) + b * (T(kLog2Pi) + lv + q * q));
+}
+// g times its derivatives in z, mu, lv
+template <class T>
+VAE_HD void log_density_grad(T g, T z, T mu, T lv, T a, T b, T* grad_z, T* grad_mu, T* grad_lv) {
+  const T e = exp_neg_half(lv), q = scaled(z - mu, e), r = scaled(q, e);  // r = (z - mu) / var
+  *grad_z = -g * (a * z + b * r);
+  *grad_mu = g * b * r;
+  *grad_lv = T(-0.5) * g * b * (T(1) - q * q);
+}
+
 }  // namespace vae

@@ -17,14 +17,18 @@ from .functional import (
     sample_and_kl,
 )
 from .distributions import DiagonalGaussian
-
 from .nn import gaussian_nll_loss
+from .iwae import gaussian_log_prob, negative_iwae_bound, standard_normal_log_prob
 
 # the Triton backend loads on first use (vae_fast/_triton_loader.py): importing it costs seconds
 if _native.available():
     _ops.register("vae_fast", fakes=True)
+    from . import _iwae_ops
+
+    _iwae_ops.register("vae_fast")
 
 __all__ = [
     "available_backends", "use_backend", "reparameterize", "sample_and_kl", "gaussian_kl",
     "bernoulli_nll", "gaussian_nll", "negative_elbo", "nn", "gaussian_nll_loss", "DiagonalGaussian",
+    "gaussian_log_prob", "standard_normal_log_prob", "negative_iwae_bound",
 ]

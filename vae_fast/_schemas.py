@@ -39,4 +39,13 @@ SCHEMAS = {
     "gaussian_nll_backward":
         "(Tensor grad, Tensor mean, Tensor logvar, Tensor target, int reduction, float scale)"
         " -> (Tensor, Tensor)",
+    # multi-sample objectives (vae_fast/iwae.py): prior_coef * log N(z; 0, 1) + q_coef * log N(z; mu,
+    # e^logvar), z (R, C), mu and logvar (B, C) with R a multiple of B (row r uses row r % B); without
+    # mu and logvar (None) q_coef is ignored
+    "log_density":
+        "(Tensor z, Tensor? mu, Tensor? logvar, float prior_coef, float q_coef, int reduction,"
+        " float scale) -> Tensor",
+    "log_density_backward":
+        "(Tensor grad, Tensor z, Tensor? mu, Tensor? logvar, float prior_coef, float q_coef,"
+        " int reduction, float scale, bool params_grad) -> (Tensor, Tensor, Tensor)",
 }

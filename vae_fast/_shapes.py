@@ -59,4 +59,8 @@ FAKES = {
         new(mean, reduced(mean, reduction), out_dtype),
     "gaussian_nll_backward":
         lambda grad, mean, logvar, target, reduction, scale: (new(mean, mean.shape), new(logvar, logvar.shape)),
+    "log_density": lambda z, mu, logvar, a, b, reduction, scale: new(z, reduced(z, reduction)),
+    "log_density_backward": lambda grad, z, mu, logvar, a, b, reduction, scale, params_grad: (
+        new(z, z.shape), *((new(mu, mu.shape), new(mu, mu.shape)) if params_grad and mu is not None
+                           else (empty(z), empty(z)))),
 }

@@ -6,7 +6,9 @@ pytest-benchmark suites in benchmarks/ both build their cases and callables here
 
 What is measured (one *case* = op x direction x shape x dtype, one *row* = a case on one impl):
 - ops: `reparameterize`, `gaussian_kl` (reduction "sum"), `sample_and_kl`, `bernoulli_nll`
-  (reduction "mean"), `negative_elbo` (reduction "batchmean"), and `vae_step`: the reference VAE of
+  (reduction "mean"), `negative_elbo` (reduction "batchmean"), `negative_iwae_bound` (K = 50 samples
+  drawn from mu, logvar, a stand-in log p(x|z) = -|z|^2 / 2, estimator "dreg"; shape "iwae-128x50"
+  is its batch 128, latent 50; latents of at most 2^20 elements), and `vae_step`: the reference VAE of
   vae_fast.models (784-400-20 MLP) on a batch; its "fwd" is the loss, its "fwd+bwd" a whole
   training step (forward, backward and torch.optim.Adam step). `diffusers_posterior`: sample() +
   kl() of diffusers' DiagonalGaussianDistribution on `params` (mean and logvar on dim 1), patched
@@ -48,6 +50,7 @@ gradients are not counted). eps is drawn in-kernel, so it is never read or writt
 | negative_elbo | read logits, target, mu, logvar: 2M + 2N | 3M + 4N |
 | diffusers_posterior | as sample_and_kl (N = elements of z) | as sample_and_kl |
 | vae_step | null: matrix multiplies bound it, not memory traffic | null |
+| negative_iwae_bound | read mu, logvar; write z (K = 50 samples), read it back: 2N + 2KN | read and write grad_z, read z; read logvar, write grad_mu, grad_logvar: 3KN + 3N |
 
 All times, bandwidths and speedups come from the run that writes them; nothing is hard-coded.
 """
@@ -72,7 +75,7 @@ from . import _backends, _outputs, _triton_loader, functional, reference
 from .models import VAE, FusedOps, ReferenceOps
 
 OPS = ("reparameterize", "gaussian_kl", "sample_and_kl", "bernoulli_nll", "negative_elbo", "vae_step",
-       "diffusers_posterior")
+       "diffusers_posterior", "negative_iwae_bound")
 DIRECTIONS = ("fwd", "fwd+bwd")
 FUSED_BACKENDS = ("triton", "cuda", "cpu")
 BASELINES = ("eager", "compiled")
@@ -113,6 +116,7 @@ FULL_SHAPES = (
     _stream(26),
     # a video VAE's latents (Wan 2.1, 81 frames at 832x480): the diffusers posterior only
     Shape("video-1x16x21x60x104", (1, 16, 21, 60, 104), (1, 16, 21, 60, 104), only=("diffusers_posterior",)),
+    Shape("iwae-128x50", (128, 784), (128, 50)),  # negative_iwae_bound at K = 50 (issue 12)
 )
 QUICK_SHAPES = (Shape("mnist", (128, 784), (128, 20), vae=True), _stream(12),
                 Shape("ld-2x4x8x8", (2, 4, 8, 8), (2, 4, 8, 8), only=("diffusers_posterior",)),
@@ -187,6 +191,25 @@ def _fused_diffusers_posterior(backend):
         posterior = DiagonalGaussianDistribution(params)
         posterior.backend = backend
         return posterior.sample(), posterior.kl()
+IW_K = 50  # importance samples of negative_iwae_bound
+IW_MAX_LATENT = 2 ** 20  # latents it runs on at most (z is IW_K times larger)
+
+
+def _iw_log_px(z):
+    """A stand-in decoder term log p(x|z), (K, B), differentiable in z: the same for every impl."""
+    return -0.5 * (z * z).flatten(2).sum(-1)
+
+
+def _ref_negative_iwae_bound(mu, logvar):
+    z = reference.reparameterize(mu, logvar, torch.randn((IW_K, *mu.shape), dtype=mu.dtype, device=mu.device))
+    return reference.negative_iwae_bound(_iw_log_px(z), z, mu, logvar, estimator="dreg")
+
+
+def _fused_negative_iwae_bound(backend):
+    def fn(mu, logvar):
+        z = functional.reparameterize(mu, logvar, num_samples=IW_K, backend=backend)
+        return functional.negative_iwae_bound(_iw_log_px(z), z, mu, logvar, estimator="dreg",
+                                              backend=backend)
     return fn
 
 
@@ -211,6 +234,9 @@ SPECS = {s.name: s for s in (
     # kernel; 5-D: a (batch, width) kl): N = elements of z (params hold 2N), sample_and_kl's bytes
     OpSpec("diffusers_posterior", ("params",), ("params",), _ref_diffusers_posterior,
            _fused_diffusers_posterior, lambda M, N, B: 3 * N + B, lambda M, N, B: 5 * N + B),
+    OpSpec("negative_iwae_bound", ("mu", "logvar"), ("mu", "logvar"), _ref_negative_iwae_bound,
+           _fused_negative_iwae_bound, lambda M, N, B: 2 * N + 2 * IW_K * N,
+           lambda M, N, B: 3 * IW_K * N + 3 * N),
 )}
 
 
@@ -254,6 +280,8 @@ def cases(ops, shapes, dtypes, device) -> list[Case]:
 def _runs_on(op: str, shape: Shape) -> bool:
     if op == "diffusers_posterior":  # diffusers sums its kl over dims [1, 2, 3]: 4-D latents or more
         return len(shape.latent) >= 4
+    if op == "negative_iwae_bound" and math.prod(shape.latent) > IW_MAX_LATENT:
+        return False  # z is IW_K times the latent
     return shape.only is None or op in shape.only
 
 

@@ -67,7 +67,7 @@ def positive_float(text: str) -> float:
 # ------------------------------------------------------------------------------ train
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from .models import DECODERS
-    from .train import COMPILE_MODES, DEVICES, TrainConfig
+    from .train import COMPILE_MODES, DEVICES, ESTIMATORS, OBJECTIVES, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -103,6 +103,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="torch.compile the training step's model (forward and backward) with this mode; "
                         "reduce-overhead replays it as CUDA graphs on a GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
+                   help="training loss: the ELBO, or the importance-weighted bound with --k samples")
+    p.add_argument("--k", type=positive_int, default=d.k, metavar="K",
+                   help="importance samples per image of --objective iwae")
+    p.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator,
+                   help="gradient estimator of --objective iwae (vae_fast.negative_iwae_bound)")
     p.set_defaults(func=run_train, parser=p)
     return p
 
@@ -118,7 +124,8 @@ def run_train(args: argparse.Namespace) -> int:
                          hidden=args.hidden, lr=args.lr, seed=args.seed, device=args.device,
                          out=args.out, decoder=args.decoder, data_dir=args.data_dir,
                          iw_samples=args.iw_samples, backend=args.backend, threads=args.threads,
-                         quiet=args.quiet, compile=args.compile)
+                         quiet=args.quiet, compile=args.compile, objective=args.objective,
+                         k=args.k, estimator=args.estimator)
     try:
         train(config)
     except (ConfigError, DataError, TrainingDiverged) as e:  # a diverging run: status 2 too (fix: --lr)

@@ -252,3 +252,7 @@ def negative_elbo(logits: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, *,
         return ns.bernoulli_nll(logits, target, ROWS, 1.0) + beta * ns.gaussian_kl(mu, logvar, None, None, ROWS, 1.0)
     scale = 1.0 if reduction == "sum" else 1.0 / batch if batch else float("nan")
     return ns.bernoulli_nll(logits, target, SUM, scale) + ns.gaussian_kl(mu, logvar, None, None, SUM, beta * scale)
+
+
+# multi-sample objectives (vae_fast/iwae.py), re-exported here with the rest of the functional API
+from .iwae import gaussian_log_prob, negative_iwae_bound, standard_normal_log_prob  # noqa: E402,F401

@@ -165,3 +165,51 @@ def per_sample_k(nll: torch.Tensor, k: int) -> torch.Tensor:
         return nll.reshape(k, -1)
     return nll.reshape(k, -1, *nll.shape[1:]).flatten(2).sum(-1)
 
+
+
+# ------------------------------------------------------------------ multi-sample objectives
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(z; 0, 1)."""
+    check.floating("z", z)
+    return -0.5 * (z * z + LOG_2PI)
+
+
+def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(z; mu, e^logvar); mu and logvar broadcast over z's leading sample dims."""
+    check.floating("z", z)
+    check.pair("mu", mu, "logvar", logvar)
+    check.broadcastable_to("mu", mu, z.shape)
+    q = _scaled(z - mu, logvar)  # (z - mu)^2 e^-logvar is q^2, finite at z == mu
+    return -0.5 * (LOG_2PI + logvar + q * q)
+
+
+def per_datapoint(x: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """Sum over the last `event_dims` dims: (K, B, ...) -> (K, B) for a batch of event_dims + 1 dims."""
+    return x.flatten(x.dim() - event_dims).sum(-1) if event_dims > 0 else x
+
+
+IWAE_ESTIMATORS = ("iwae", "stl", "dreg")
+
+
+def negative_iwae_bound(log_px_given_z, z, mu, logvar, *, estimator="iwae", reduction="batchmean"):
+    """Minus the importance-weighted bound (Burda et al. 2016) per datapoint, reduced:
+    -(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K), log_px_given_z (K, B),
+    z (K, *mu.shape). Gradients by `estimator`: "iwae" (plain autograd); "stl" (Roeder et al. 2017:
+    log q with mu, logvar cut from the graph); "dreg" (Tucker et al. 2019: as STL, and every
+    gradient reaching z scaled by the normalised weights, so that the encoder's path derivative is
+    weighted by their squares while the decoder keeps them)."""
+    if estimator != "iwae":
+        mu, logvar = mu.detach(), logvar.detach()
+    log_w = log_px_given_z + per_datapoint(
+        standard_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar), mu.dim() - 1)
+    return iwae_from_log_weights(log_w, z, estimator, reduction)
+
+
+def iwae_from_log_weights(log_w: torch.Tensor, z: torch.Tensor, estimator: str, reduction: str):
+    """The tail of negative_iwae_bound, shared with the fused path: log_w (K, B) -> the reduced
+    -(logmeanexp_k log_w), and DReG's hook on z (z (K, B, ...))."""
+    if estimator == "dreg" and z.requires_grad and torch.is_grad_enabled():
+        weights = torch.softmax(log_w.detach(), 0).reshape(*log_w.shape, *([1] * (z.dim() - 2)))
+        z.register_hook(lambda g: g * weights)
+    per = -(torch.logsumexp(log_w, 0) - math.log(log_w.shape[0]))
+    return reduce(per, "batchmean" if reduction == "mean" else reduction)

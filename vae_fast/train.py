@@ -38,6 +38,8 @@ SAMPLES_FILE = "samples.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 EVAL_BATCH = 500  # test neg-ELBO batch
 IW_BATCH = 100  # images per importance-sampling batch (x num_samples decoder rows, in chunks of 50)
+OBJECTIVES = ("elbo", "iwae")
+ESTIMATORS = ("iwae", "stl", "dreg")  # of --objective iwae: vae_fast.negative_iwae_bound
 
 
 MAX_INT = 2**63 - 1  # integer options (seed included) fit an int64: torch seeds, islice, sizes
@@ -73,6 +75,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads per process; None: the cores / processes
     quiet: bool = False
     compile: str = "off"  # torch.compile the model's training forward (and its backward) with this mode
+    objective: str = "elbo"  # "iwae": the importance-weighted bound with k samples (issue 12)
+    k: int = 1
+    estimator: str = "iwae"
 
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "batch_size", "latent", "hidden", "iw_samples"):
@@ -94,6 +99,14 @@ class TrainConfig:
             raise ConfigError(f"--device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile: expected one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective: expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0:
+            raise ConfigError(f"--k: expected a positive integer, got {self.k!r}")
+        if self.objective == "elbo" and self.k != 1:
+            raise ConfigError(f"--k {self.k}: needs --objective iwae (the ELBO takes one sample)")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"--estimator: expected one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"--decoder: expected one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if not isinstance(self.backend, str) or not self.backend:
@@ -236,16 +249,47 @@ def evaluate(model: VAE, images: torch.Tensor, env: Dist, seed: int) -> dict:
     return {"neg_elbo": total / n, "rec": rec / n, "kl": kl / n}
 
 
+class IWAEObjective(torch.nn.Module):
+    """The training loss of --objective iwae: minus the importance-weighted bound with k samples
+    per image, per image (vae_fast.negative_iwae_bound on the model's backend). A module, so that
+    DDP and torch.compile wrap it like the model; returns (loss, None, None) like VAE.forward."""
+
+    def __init__(self, model: VAE, k: int, estimator: str):
+        super().__init__()
+        self.model, self.k, self.estimator = model, k, estimator
+        self.backend = getattr(model.ops, "backend", "reference")
+
+    def forward(self, x: torch.Tensor):
+        from . import functional
+
+        model, k, B = self.model, self.k, x.shape[0]
+        mu, logvar = model.encode(x)
+        z = functional.reparameterize(mu, logvar, num_samples=k, backend=self.backend)
+        target = x.reshape(B, -1).repeat(k, 1)
+        log_px = -model.reconstruction_nll(model.decode(z.reshape(k * B, -1)), target).reshape(k, B)
+        loss = functional.negative_iwae_bound(log_px, z, mu, logvar, estimator=self.estimator,
+                                              reduction="none", backend=self.backend)
+        return loss, None, None
+
+
 @torch.no_grad()
 def test_log_px(model: VAE, images: torch.Tensor, env: Dist, num_samples: int, seed: int) -> float:
-    """Importance-sampled log p(x) (reference.log_marginal_likelihood), mean over the test set."""
+    """Importance-sampled log p(x), mean over the test set: reference.log_marginal_likelihood on
+    the reference backend, else its fused twin vae_fast.iwae.log_marginal_likelihood."""
+    from . import iwae
+
     gen = torch.Generator(device=env.device).manual_seed(seed + 2_000_003 * (env.rank + 1))
     shard = images[env.rank::env.world_size]
     total = torch.zeros((), dtype=torch.float64, device=env.device)
+    backend = getattr(model.ops, "backend", "reference")
     model.eval()
     for start in range(0, shard.shape[0], IW_BATCH):
         x = shard[start:start + IW_BATCH]
-        total += reference.log_marginal_likelihood(model, x, num_samples, generator=gen).double().sum()
+        if backend == "reference":
+            lp = reference.log_marginal_likelihood(model, x, num_samples, generator=gen)
+        else:
+            lp = iwae.log_marginal_likelihood(model, x, num_samples, generator=gen, backend=backend)
+        total += lp.double().sum()
     s, n = _all_reduce([total, float(shard.shape[0])], env)
     return s / n
 
@@ -310,11 +354,11 @@ def _train(config: TrainConfig, env: Dist, dataset: data_mod.MNIST, ops, stdout,
         raise ConfigError(f"--hidden {config.hidden} / --latent {config.latent}: cannot build the model "
                           f"({dataset.train.shape[1]} inputs) on {env.device}: {_first_line(e)}") from None
     torch.manual_seed(config.seed + env.rank)  # training eps: a different stream per rank
-    net = model
+    net = model if config.objective == "elbo" else IWAEObjective(model, config.k, config.estimator)
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda"
+        net = DistributedDataParallel(net, device_ids=[env.device.index] if env.device.type == "cuda"
                                       else None)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     step_net = net

@@ -222,3 +222,21 @@ def gauss_nll_grads(m, lv, t, g):
     e = tl.exp(-0.5 * lv)
     q = scaled(t - m, e)
     return -g * scaled(q, e), 0.5 * g * (1.0 - q * q)
+
+
+# ---- latent log-densities (vae_fast/iwae.py): a * log N(z; 0, 1) + b * log N(z; mu, e^lv) ----
+# a = 1, b = -1: log p(z) - log q(z|x); b = 0 (the prior alone): pass mu = lv = 0
+
+@triton.jit
+def log_density(z, mu, lv, a, b):
+    q = scaled(z - mu, tl.exp(-0.5 * lv))  # (z - mu)^2 e^-lv as q^2: finite at z == mu for any lv
+    return -0.5 * (a * (z * z + LOG_2PI) + b * (LOG_2PI + lv + q * q))
+
+
+@triton.jit
+def log_density_grads(z, mu, lv, a, b, g):
+    """(d/dz, d/dmu, d/dlv) of g * log_density."""
+    e = tl.exp(-0.5 * lv)
+    q = scaled(z - mu, e)
+    r = scaled(q, e)  # (z - mu) e^-lv
+    return -g * (a * z + b * r), g * b * r, -0.5 * g * b * (1.0 - q * q)

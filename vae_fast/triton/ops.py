@@ -358,3 +358,6 @@ def sample_and_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: 
                            num_samples: int, logvar_min: float | None = None,
                            logvar_max: float | None = None) -> tuple[Tensor, Tensor]:
     return sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples, logvar_min, logvar_max)
+
+
+from . import iwae as _iwae  # noqa: E402,F401  (defines log_density(_backward): vae_fast/triton/iwae.py)
