@@ -25,6 +25,7 @@ Checks on the sm_90 code (each prints `FAIL <check> ...`):
 Run without TRITON_INTERPRET; exit status 1 if any check fails. `--dump DIR` writes the PTX/SASS.
 """
 import collections
+import multiprocessing
 import os
 import re
 import struct
@@ -121,6 +122,20 @@ def specialise(kernel, args, kwargs, backend):
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
     return signature, constexprs, attrs, options
+
+
+_jobs = []  # (arch, target, kernel, args, signature, constexprs, attrs, options): read by forked workers
+
+
+def _compile(i: int):
+    """(ptx, sass, None) of job i (sass for sm_90 only), or (None, None, error text)."""
+    arch, target, kernel, _, signature, constexprs, attrs, options = _jobs[i]
+    try:
+        ck = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
+                            options=options.__dict__)
+    except Exception as exc:
+        return None, None, str(exc)[-800:]
+    return ck.asm["ptx"], sass_of(ck.asm["cubin"]) if arch == 90 else "", None
 
 
 def sass_of(cubin: bytes) -> str:
@@ -300,6 +315,7 @@ def main() -> int:
         target = GPUTarget("cuda", arch, 64 if arch >= 90 else 32)
         backend = make_backend(target)
         seen = set()
+        todo = []  # the distinct launches, compiled below in parallel (one process per core)
         by_scale = collections.defaultdict(set)  # the launch but for its scale -> compiled variants
         for kernel, args, kwargs in launches:
             signature, constexprs, attrs, options = specialise(kernel, args, kwargs, backend)
@@ -314,20 +330,23 @@ def main() -> int:
             if key in seen:
                 continue
             seen.add(key)
+            todo.append((kernel, args, signature, constexprs, attrs, options))
+        _jobs[:] = [(arch, target, *job) for job in todo]
+        with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+            results = pool.map(_compile, range(len(_jobs)), chunksize=1)
+        for n, ((kernel, args, signature, constexprs, attrs, options), (ptx, sass, error)) in enumerate(
+                zip(todo, results), 1):
+            name = kernel.fn.__name__
             consts = {kernel.arg_names[p[0]]: v for p, v in constexprs.items()}
             what = f"sm_{arch} {name} {consts}"
-            try:
-                ck = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
-                                    options=options.__dict__)
-            except Exception as exc:  # report all, then fail
-                fail("compile", what, str(exc)[-800:])
+            if error is not None:  # report all, then fail
+                fail("compile", what, error)
                 continue
             counts[arch] += 1
             if arch != 90:
                 continue
-            ptx, sass = ck.asm["ptx"], sass_of(ck.asm["cubin"])
             if dump:
-                base = os.path.join(dump, f"{len(seen):03d}_{name}")
+                base = os.path.join(dump, f"{n:03d}_{name}")
                 open(base + ".ptx", "w").write(ptx)
                 open(base + ".sass", "w").write(sass)
                 open(base + ".txt", "w").write(f"{what}\n{signature}\n{attrs}\n")
