@@ -26,6 +26,7 @@ def op_calls(dev):
         ("bernoulli_nll", lambda a, b, be: vae_fast.bernoulli_nll(a, b, reduction="none", backend=be), (x, t)),
         ("gaussian_nll", lambda a, b, c, be: vae_fast.gaussian_nll(a, b, c, reduction="sum", backend=be),
          (x, y, t)),
+        ("log_density", lambda a, b, c, be: vae_fast.gaussian_log_prob(a, b, c, backend=be), (x, y, t)),
     ]
 
 
@@ -53,10 +54,30 @@ def test_forward_mode_ad_is_a_clear_error_on_every_fused_backend(backend):
         # no tangent anywhere: runs, inside a dual level too
         with fwAD.dual_level():
             fn(*args, backend)
-        if name in ("gaussian_kl", "bernoulli_nll", "gaussian_nll"):  # deterministic: the reference's tangent
+        if name in ("gaussian_kl", "bernoulli_nll", "gaussian_nll", "log_density"):  # deterministic: the reference's tangent
             _, tangent = torch.func.jvp(lambda *a: fn(*a, "reference"), args, tangents)
             ref = torch.autograd.functional.jvp(lambda *a: fn(*a, "reference"), args, tangents)[1]
             torch.testing.assert_close(tangent, ref)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_torch_func_reverse_transforms_are_a_clear_error_on_every_fused_backend(backend):
+    """(issue 10.2) torch.func.grad / vjp / jacrev: csrc/autograd.cpp's text on every fused backend and
+    every forward op (on Triton, and for log_density's Python autograd, torch said "must override the
+    setup_context staticmethod"); the reference computes the gradient."""
+    dev = need(backend)
+    for name, fn, args in op_calls(dev):
+        msg = (rf"vae_fast::{name}: torch.func transforms \(grad, vjp, jacrev, ...\) are not supported by "
+               rf"backend '{backend}'; use backend='reference' or torch.autograd.grad")
+        with pytest.raises(RuntimeError, match=msg):
+            torch.func.grad(lambda a: fn(a, *args[1:], backend).sum())(args[0])
+        with pytest.raises(RuntimeError, match=msg):
+            torch.func.jacrev(lambda a: fn(a, *args[1:], backend))(args[0])
+        if name != "reparameterize":  # deterministic: the reference's gradient is autograd's
+            got = torch.func.grad(lambda a: fn(a, *args[1:], "reference").sum())(args[0])
+            leaf = args[0].clone().requires_grad_()
+            want, = torch.autograd.grad(fn(leaf, *args[1:], "reference").sum(), leaf)
+            torch.testing.assert_close(got, want)
 
 
 # ---------------------------------------------------------------- the validation layer

@@ -22,8 +22,10 @@ def register(namespace: str) -> None:
 
     torch.library.register_autograd(f"{namespace}::log_density", backward, setup_context=setup)
     if namespace == "vae_fast":  # the Triton namespace gets this from _ops.register
-        from ._ops import _no_double_backward
+        from ._ops import _no_double_backward, _reject_forward_ad
 
         torch.library.register_autograd("vae_fast::log_density_backward",
                                         _no_double_backward("log_density", "cpu/cuda"),
                                         setup_context=lambda ctx, inputs, output: None)
+        # the C++ ops' checks (forward AD, torch.func) for this Python autograd of a C++-defined op
+        _reject_forward_ad(namespace, ["log_density"], info=torch._library.autograd.Info(backward, setup))

@@ -116,7 +116,7 @@ def register(namespace: str, *, fakes: bool) -> None:
     for name, (setup, backward) in _autograd(ns).items():
         torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
     if namespace == "vae_fast_triton":
-        _reject_forward_ad(namespace)
+        _reject_forward_ad(namespace, [n for n in SCHEMAS if not n.endswith("_backward")], "triton")
     # The backward ops are not differentiable: differentiating their outputs (create_graph=True,
     # Hessian-vector products) raises a clear error rather than an internal one or a silent zero.
     backend = "triton" if namespace == "vae_fast_triton" else "cpu/cuda"
@@ -129,11 +129,15 @@ def register(namespace: str, *, fakes: bool) -> None:
 _LIBS = []  # the Library objects holding the forward-AD checks (registrations live as long as they do)
 
 
-def _reject_forward_ad(namespace: str) -> None:
+def _reject_forward_ad(namespace: str, names, backend: str | None = None, info=None) -> None:
     """Forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) has no formula here: with
     no input requiring grad, torch's generated Autograd kernel of a custom op runs it below autograd
     and the outputs get no tangent, i.e. silent zeros. So each forward op's Autograd kernel checks
-    the inputs' tangents first (the C++ twin: check_no_forward_ad in csrc/autograd.cpp, same text)."""
+    the inputs' tangents first, and refuses torch.func's reverse transforms, whose error about
+    setup_context would not say what to do (the C++ twins: check_no_forward_ad and
+    check_no_functorch in csrc/autograd.cpp, same text). backend: the name in the message (None:
+    the device type of the first input, as the native ops say). info: the (backward, setup_context)
+    of an op defined in C++ (torch.library keeps no opdef for those)."""
     try:  # private torch API (torch 2.4 to 2.14 at least)
         from torch._library.autograd import make_autograd_impl
         from torch._library.custom_ops import _maybe_get_opdef
@@ -141,23 +145,26 @@ def _reject_forward_ad(namespace: str) -> None:
         return
     lib = torch.library.Library(namespace, "IMPL")
     _LIBS.append(lib)
-    for name in SCHEMAS:
-        if name.endswith("_backward"):
-            continue
-        op = getattr(torch.ops, namespace)
-        opdef = _maybe_get_opdef(f"{namespace}::{name}")  # holds the backward register_autograd set
+    op = getattr(torch.ops, namespace)
+    for name in names:
+        opdef = _maybe_get_opdef(f"{namespace}::{name}") or info  # the backward register_autograd set
         generated = make_autograd_impl(getattr(op, name).default, opdef)
-        lib.impl(name, _forward_ad_checked(name, generated), "Autograd", with_keyset=True)
+        lib.impl(name, _forward_ad_checked(name, generated, backend), "Autograd", with_keyset=True)
 
 
-def _forward_ad_checked(op: str, autograd_impl):
+def _forward_ad_checked(op: str, autograd_impl, backend: str | None):
     def kernel(keyset, *args, **kwargs):
+        name = backend or args[0].device.type
         if fwAD._current_level >= 0:  # a dual level is open: one global read otherwise
             for a in args:
                 if isinstance(a, torch.Tensor) and fwAD.unpack_dual(a).tangent is not None:
                     raise RuntimeError(f"vae_fast::{op}: forward-mode AD (torch.func.jvp, "
                                        f"torch.autograd.forward_ad) is not supported by backend "
-                                       f"'triton'; use backend='reference'")
+                                       f"'{name}'; use backend='reference'")
+        if torch._C._functorch.peek_interpreter_stack() is not None:  # torch.func.grad, vjp, jacrev
+            raise RuntimeError(f"vae_fast::{op}: torch.func transforms (grad, vjp, jacrev, ...) are not "
+                               f"supported by backend '{name}'; use backend='reference' or "
+                               f"torch.autograd.grad")
         return autograd_impl(keyset, *args, **kwargs)
     return kernel
 
