@@ -12,6 +12,8 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl mlxtend expecttest
+# (add diffusers huggingface_hub safetensors to that list for tests/test_diffusers.py and the bench's
+# diffusers_posterior row against diffusers' own class; without them those skip / use a copy of it)
 # Logs and reports land in $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/vae_fast_gpu}
