@@ -295,6 +295,9 @@ def _tiny_idx(tmp_path):
 def test_train_iwae_objective(backend, estimator, tmp_path):
     import json
 
+    for module in ("matplotlib", "tqdm"):  # the `cli` extra (the torch-floor CI venv has no cli extra)
+        pytest.importorskip(module, reason=f"vae-fast train needs the cli extra ({module})")
+
     from vae_fast import cli
 
     device = device_for(backend)

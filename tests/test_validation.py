@@ -354,6 +354,7 @@ for backend in json.loads(sys.argv[3]):
     model = VAE(in_dim=16, hidden=8, latent=4, ops=FusedOps(backend or "auto")).to(device)
     x = torch.rand(4, 16, device=device)
 
+    torch._dynamo.reset_code_caches()  # torch 2.11 guards a wrapper of the backward on the step's code
     scope = dict(model=model, vae_fast=vae_fast, backend=backend)
     exec(compile(STEP, f"<step {backend}>", "exec"), scope)  # a new code object: dynamo caches per code object
     step = scope["step"]

@@ -63,8 +63,9 @@ def register(namespace: str) -> None:
 
 
 def _enabled(device_type: str) -> bool:
-    """torch.is_autocast_enabled raises for device types without autocast (meta, ...)."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    """torch.is_autocast_enabled raises for "meta" (no autocast there); not is_autocast_available,
+    which Dynamo cannot trace before torch 2.14."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
 
 
 def loss_weights(logits: torch.Tensor, *weights):

@@ -149,7 +149,10 @@ def _reject_forward_ad(namespace: str, names, backend: str | None = None, info=N
     for name in names:
         opdef = _maybe_get_opdef(f"{namespace}::{name}") or info  # the backward register_autograd set
         generated = make_autograd_impl(getattr(op, name).default, opdef)
-        lib.impl(name, _forward_ad_checked(name, generated, backend), "Autograd", with_keyset=True)
+        for key in ("AutogradCPU", "AutogradCUDA"):  # these take precedence over the "Autograd"
+            # alias that register_autograd / triton_op used (torch < 2.14 refuses a second Python
+            # kernel for one key)
+            lib.impl(name, _forward_ad_checked(name, generated, backend), key, with_keyset=True)
 
 
 def _forward_ad_checked(op: str, autograd_impl, backend: str | None):
