@@ -89,24 +89,12 @@ inline LogvarClamp clamp_arg(std::optional<double> lo, std::optional<double> hi)
   TORCH_CHECK(c.lo <= c.hi, "logvar_min: expected a number <= logvar_max (", c.hi, "), got ", c.lo);
   return c;
 }
-// The CPU kernels clamp inside (kernels/vae_math.h clamp_logvar / clamp_grad). The CUDA kernels do
-// not yet: for them the clamp runs here, unfused (two extra passes, only when a bound is given):
-// logvar is clamped before the kernel and, in backward, grad_logvar zeroed outside the bounds after.
-inline bool clamp_unfused(Backend backend, const LogvarClamp& c) {
-  return backend == Backend::kCuda && c.on;
-}
-inline void mask_outside(const at::Tensor& grad_logvar, const at::Tensor& unclamped,
-                         const LogvarClamp& c) {
-  if (unclamped.defined())
-    grad_logvar.masked_fill_(unclamped.le(c.lo).logical_or_(unclamped.ge(c.hi)), 0);  // clamp_grad
-}
-
 // ---- reparameterize / sample_and_kl ----
 struct SampleArgs {
   at::Tensor mu, logvar;  // contiguous
   at::Tensor z, kl;       // outputs: (num_samples, *mu.shape), and the KL row sums (undefined without)
   int64_t N, R;           // elements of mu; rows of the KL (1 without)
-  LogvarClamp clamp;      // off when applied before the kernel (clamp_unfused)
+  LogvarClamp clamp;      // applied inside the kernels (kernels/vae_math.h clamp_logvar)
 };
 inline SampleArgs sample_args(const at::Tensor& mu, const at::Tensor& logvar,
                               const at::Tensor& philox, int64_t num_samples, bool with_kl,
@@ -119,10 +107,6 @@ inline SampleArgs sample_args(const at::Tensor& mu, const at::Tensor& logvar,
   a.clamp = clamp_arg(lo, hi);
   a.mu = mu.contiguous();
   a.logvar = logvar.contiguous();
-  if (clamp_unfused(backend, a.clamp)) {
-    a.logvar = a.logvar.clamp(a.clamp.lo, a.clamp.hi);
-    a.clamp.on = false;
-  }
   a.N = a.mu.numel();
   a.R = with_kl ? rows_of(a.mu) : 1;
   a.z = at::empty(sample_shape(a.mu, num_samples), a.mu.options());
@@ -135,8 +119,7 @@ struct SampleGradArgs {
   at::Tensor grad_z, logvar, mu, grad_kl;  // contiguous; mu, grad_kl undefined without the KL
   at::Tensor grad_mu, grad_logvar;         // outputs; grad_mu undefined without the KL
   int64_t N, R;                            // elements of logvar; rows of grad_kl (1 without)
-  LogvarClamp clamp;                       // off when applied outside the kernel (clamp_unfused):
-  at::Tensor unclamped;                    // then logvar before the clamp, for mask_outside
+  LogvarClamp clamp;                       // applied inside the kernels, with clamp_grad
 };
 inline SampleGradArgs sample_grad_args(const at::Tensor& grad_z, const at::Tensor* grad_kl,
                                        const at::Tensor* mu, const at::Tensor& logvar,
@@ -160,11 +143,6 @@ inline SampleGradArgs sample_grad_args(const at::Tensor& grad_z, const at::Tenso
   a.grad_z = grad_z.contiguous();
   a.logvar = logvar.contiguous();
   a.clamp = clamp_arg(lo, hi);
-  if (clamp_unfused(backend, a.clamp)) {
-    a.unclamped = a.logvar;
-    a.logvar = a.logvar.clamp(a.clamp.lo, a.clamp.hi);
-    a.clamp.on = false;
-  }
   a.N = a.logvar.numel();
   a.grad_logvar = grad_out(a.logvar);
   if (mu) a.grad_mu = grad_out(a.logvar);
@@ -197,7 +175,6 @@ template <Backend B, auto Sample, auto SampleGrad> struct SamplingOps {
     const SampleGradArgs a =
         sample_grad_args(grad_z, nullptr, nullptr, logvar, philox, num_samples, B, lo, hi);
     SampleGrad(a, philox, num_samples);
-    mask_outside(a.grad_logvar, a.unclamped, a.clamp);
     return a.grad_logvar;
   }
   static std::tuple<at::Tensor, at::Tensor> sample_and_kl_backward(
@@ -207,7 +184,6 @@ template <Backend B, auto Sample, auto SampleGrad> struct SamplingOps {
     const SampleGradArgs a =
         sample_grad_args(grad_z, &grad_kl, &mu, logvar, philox, num_samples, B, lo, hi);
     SampleGrad(a, philox, num_samples);
-    mask_outside(a.grad_logvar, a.unclamped, a.clamp);
     return {a.grad_mu, a.grad_logvar};
   }
 };
@@ -216,8 +192,7 @@ template <Backend B, auto Sample, auto SampleGrad> struct SamplingOps {
 struct KlArgs {
   at::Tensor mu, logvar, prior_mu, prior_logvar;  // contiguous; an absent prior is undefined
   at::Tensor grad;                                // backward ops
-  LogvarClamp clamp;     // of logvar (not of prior_logvar); off when applied outside the kernel:
-  at::Tensor unclamped;  // then logvar before the clamp, for mask_outside (backward)
+  LogvarClamp clamp;  // of logvar (not of prior_logvar), applied inside the kernels
   bool has_prior() const { return prior_mu.defined() || prior_logvar.defined(); }
 };
 inline KlArgs kl_args(const at::Tensor& mu, const at::Tensor& logvar,
@@ -235,11 +210,6 @@ inline KlArgs kl_args(const at::Tensor& mu, const at::Tensor& logvar,
   a.mu = mu.contiguous(walk_format(mu));
   a.logvar = logvar.contiguous(walk_format(mu));
   a.clamp = clamp_arg(lo, hi);
-  if (clamp_unfused(backend, a.clamp)) {
-    if (grad) a.unclamped = a.logvar;
-    a.logvar = a.logvar.clamp(a.clamp.lo, a.clamp.hi);
-    a.clamp.on = false;
-  }
   return a;
 }
 

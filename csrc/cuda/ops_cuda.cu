@@ -249,13 +249,38 @@ struct GnllFwd {
     return vae::gauss_nll(x[0], x[1], x[2]);
   }
 };
-struct KlStdFwd {
-  template <class T> __device__ T operator()(const T* x) const { return vae::kl_std(x[0], x[1]); }
+// logvar as the KL and sampling kernels read it: as stored (NoClamp), or clamped to [lo, hi] with
+// torch.clamp's gradient (Bounds: the logvar_min/max of the ops, diffusers' [-30, 20]); a type, so
+// that the kernels without bounds stay as they were
+struct NoClamp {
+  template <class T> __device__ T operator()(T lv) const { return lv; }
+  template <class T> __device__ T grad(T g, T) const { return g; }
 };
-struct KlFwd {
+struct Bounds {
+  float lo_f, hi_f;  // the bounds in the kernels' math type (opmath: float, or double)
+  double lo_d, hi_d;
+  template <class T> __device__ T lo() const { if constexpr (sizeof(T) == 8) return lo_d; else return lo_f; }
+  template <class T> __device__ T hi() const { if constexpr (sizeof(T) == 8) return hi_d; else return hi_f; }
+  template <class T> __device__ T operator()(T lv) const {
+    return vae::clamp_logvar(lv, lo<T>(), hi<T>());
+  }
+  template <class T> __device__ T grad(T g, T lv) const {
+    return vae::clamp_grad(g, lv, lo<T>(), hi<T>());
+  }
+};
+Bounds bounds_of(const LogvarClamp& c) {
+  return {static_cast<float>(c.lo), static_cast<float>(c.hi), c.lo, c.hi};
+}
+
+template <class C> struct KlStdFwd {
+  C c;
+  template <class T> __device__ T operator()(const T* x) const { return vae::kl_std(x[0], c(x[1])); }
+};
+template <class C> struct KlFwd {
   static constexpr int kRequired = 2;  // the priors may be absent (null: zeros)
+  C c;
   template <class T> __device__ T operator()(const T* x) const {
-    return vae::kl(x[0], x[1], x[2], x[3]);
+    return vae::kl(x[0], c(x[1]), x[2], x[3]);
   }
 };
 struct BceBwd {
@@ -276,16 +301,20 @@ struct GnllBwd {
     vae::gauss_nll_grad(g, x[0], x[1], x[2], &o[0], &o[1]);
   }
 };
-struct KlStdBwd {
+template <class C> struct KlStdBwd {
+  C c;
   template <class T> __device__ void operator()(T g, const T* x, T* o) const {
-    vae::kl_std_grad(g, x[0], x[1], &o[0], &o[1]);
+    vae::kl_std_grad(g, x[0], c(x[1]), &o[0], &o[1]);
+    o[1] = c.grad(o[1], x[1]);
   }
 };
-struct KlBwd {
+template <class C> struct KlBwd {
   static constexpr int kRequired = 2;
   static constexpr int kRequiredOut = 2;  // the prior logvar's gradient may be unwanted
+  C c;
   template <class T> __device__ void operator()(T g, const T* x, T* o) const {
-    vae::kl_grad(g, x[0], x[1], x[2], x[3], &o[0], &o[1], &o[2]);
+    vae::kl_grad(g, x[0], c(x[1]), x[2], x[3], &o[0], &o[1], &o[2]);
+    o[1] = c.grad(o[1], x[1]);
   }
 };
 
@@ -433,20 +462,23 @@ __device__ __forceinline__ void eps_group(uint64_t seed, uint64_t offset, int64_
 }
 
 // reparameterize / sample_and_kl forward: z for every sample and (KL) the KL row sums of mu/logvar
-template <bool KL, class S>
+template <bool KL, class S, class C>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
     sample_forward_kernel(const S* mu, const S* lv, const int64_t* philox, int64_t samples,
                           int64_t N, Walk w, S* z, at::opmath_type<S>* partials, unsigned slot,
-                          S* kl) {
+                          S* kl, C c) {
   using T = at::opmath_type<S>;
   const uint64_t seed = static_cast<uint64_t>(__ldg(philox));
   const uint64_t offset = static_cast<uint64_t>(__ldg(philox + 1));
   for_pieces(w, [&](int64_t q, const Piece& pc) {
     T acc = 0;
-    auto group = [&](int64_t i, int valid, bool full, const T (&m)[4], const T (&l)[4]) {
-      T sd[4];
+    auto group = [&](int64_t i, int valid, bool full, const T (&m)[4], const T (&raw)[4]) {
+      T sd[4], l[4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) sd[k] = vae::std_of(l[k]);
+      for (int k = 0; k < 4; ++k) {
+        l[k] = c(raw[k]);
+        sd[k] = vae::std_of(l[k]);
+      }
       if constexpr (KL) {  // e^logvar as std * std: one exp per element, not two
         T v[4];
 #pragma unroll
@@ -488,11 +520,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
 }
 
 // reparameterize_backward / sample_and_kl_backward, replaying eps: grad_logvar and (KL) grad_mu
-template <bool KL, class S>
+template <bool KL, class S, class C>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
     sample_backward_kernel(const S* gz, const S* gkl, const S* mu, const S* lv,
                            const int64_t* philox, int64_t samples, int64_t N, Walk w, S* gmu,
-                           S* glv) {
+                           S* glv, C c) {
   using T = at::opmath_type<S>;
   const uint64_t seed = static_cast<uint64_t>(__ldg(philox));
   const uint64_t offset = static_cast<uint64_t>(__ldg(philox + 1));
@@ -504,7 +536,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
       T gm[4], gl[4], sd[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        sd[k] = vae::std_of(l[k]);
+        sd[k] = vae::std_of(c(l[k]));
         gm[k] = gl[k] = T(0);
         if constexpr (KL) vae::kl_std_grad_var(gk, m[k], sd[k] * sd[k], &gm[k], &gl[k]);
       }
@@ -527,6 +559,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<S>)
           gm[k] += g[k];
         }
       }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) gl[k] = c.grad(gl[k], l[k]);  // l: logvar before the clamp
       store4(glv, i, valid, full, gl);
       if constexpr (KL) store4(gmu, i, valid, full, gm);
     };
@@ -703,6 +737,14 @@ void loss_backward(const at::Tensor& grad, const std::array<at::Tensor, 4>& inpu
   });
 }
 
+// body(NoClamp{}) or body(Bounds{...}): the kernels of the ops with logvar bounds, compiled twice
+template <class Body> void with_clamp(const LogvarClamp& c, const Body& body) {
+  if (c.on)
+    body(bounds_of(c));
+  else
+    body(NoClamp{});
+}
+
 // z and (with kl) the KL row sums
 void sample(const SampleArgs& a, const at::Tensor& philox, int64_t num_samples) {
   const c10::cuda::CUDAGuard guard(a.mu.device());
@@ -721,19 +763,22 @@ void sample(const SampleArgs& a, const at::Tensor& philox, int64_t num_samples) 
     const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
     scalar_t* pz = a.z.data_ptr<scalar_t>();
     const bool aligned = aligned4(pm) && aligned4(pl) && aligned4(pz);
-    if (with_kl) {
-      const Walk w = walk_of(R, N / R, aligned);
-      const Reduction<T> r = reduction_for<T>(w, a.mu, stream);
-      constexpr auto kernel = sample_forward_kernel<true, scalar_t>;
-      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
-          pm, pl, ph.data_ptr<int64_t>(), num_samples, N, w, pz, r.partials, r.slot,
-          a.kl.data_ptr<scalar_t>());
-    } else {
-      const Walk w = walk_of(1, N, aligned);
-      constexpr auto kernel = sample_forward_kernel<false, scalar_t>;
-      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
-          pm, pl, ph.data_ptr<int64_t>(), num_samples, N, w, pz, nullptr, 0, nullptr);
-    }
+    with_clamp(a.clamp, [&](auto c) {
+      using C = decltype(c);
+      if (with_kl) {
+        const Walk w = walk_of(R, N / R, aligned);
+        const Reduction<T> r = reduction_for<T>(w, a.mu, stream);
+        constexpr auto kernel = sample_forward_kernel<true, scalar_t, C>;
+        kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+            pm, pl, ph.data_ptr<int64_t>(), num_samples, N, w, pz, r.partials, r.slot,
+            a.kl.data_ptr<scalar_t>(), c);
+      } else {
+        const Walk w = walk_of(1, N, aligned);
+        constexpr auto kernel = sample_forward_kernel<false, scalar_t, C>;
+        kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+            pm, pl, ph.data_ptr<int64_t>(), num_samples, N, w, pz, nullptr, 0, nullptr, c);
+      }
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -751,20 +796,24 @@ void sample_backward(const SampleGradArgs& a, const at::Tensor& philox, int64_t 
     const scalar_t* pl = a.logvar.data_ptr<scalar_t>();
     scalar_t* pgl = a.grad_logvar.data_ptr<scalar_t>();
     const bool aligned = aligned4(pgz) && aligned4(pl) && aligned4(pgl);
-    if (a.mu.defined()) {
-      const scalar_t* pm = a.mu.data_ptr<scalar_t>();
-      scalar_t* pgm = a.grad_mu.data_ptr<scalar_t>();
-      const Walk w = walk_of(R, N / R, aligned && aligned4(pm) && aligned4(pgm));
-      constexpr auto kernel = sample_backward_kernel<true, scalar_t>;
-      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
-          pgz, a.grad_kl.data_ptr<scalar_t>(), pm, pl, ph.data_ptr<int64_t>(), num_samples, N, w,
-          pgm, pgl);
-    } else {
-      const Walk w = walk_of(1, N, aligned);
-      constexpr auto kernel = sample_backward_kernel<false, scalar_t>;
-      kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
-          pgz, nullptr, nullptr, pl, ph.data_ptr<int64_t>(), num_samples, N, w, nullptr, pgl);
-    }
+    with_clamp(a.clamp, [&](auto c) {
+      using C = decltype(c);
+      if (a.mu.defined()) {
+        const scalar_t* pm = a.mu.data_ptr<scalar_t>();
+        scalar_t* pgm = a.grad_mu.data_ptr<scalar_t>();
+        const Walk w = walk_of(R, N / R, aligned && aligned4(pm) && aligned4(pgm));
+        constexpr auto kernel = sample_backward_kernel<true, scalar_t, C>;
+        kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+            pgz, a.grad_kl.data_ptr<scalar_t>(), pm, pl, ph.data_ptr<int64_t>(), num_samples, N,
+            w, pgm, pgl, c);
+      } else {
+        const Walk w = walk_of(1, N, aligned);
+        constexpr auto kernel = sample_backward_kernel<false, scalar_t, C>;
+        kernel<<<grid_for<kernel>(w, device), kThreads, 0, stream>>>(
+            pgz, nullptr, nullptr, pl, ph.data_ptr<int64_t>(), num_samples, N, w, nullptr, pgl,
+            c);
+      }
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -778,11 +827,16 @@ at::Tensor gaussian_kl(const at::Tensor& mu, const at::Tensor& logvar,
                        std::optional<double> logvar_min, std::optional<double> logvar_max) {
   const KlArgs a = kl_args(mu, logvar, prior_mu, prior_logvar, reduction, Backend::kCuda,
                            logvar_min, logvar_max);
-  if (!a.has_prior())
-    return loss_forward<2>({a.mu, a.logvar, at::Tensor(), at::Tensor()}, reduction, scale,
-                           KlStdFwd{}, out_dtype);
-  return loss_forward<4>({a.mu, a.logvar, a.prior_mu, a.prior_logvar}, reduction, scale, KlFwd{},
-                         out_dtype);
+  at::Tensor out;
+  with_clamp(a.clamp, [&](auto c) {
+    using C = decltype(c);
+    out = a.has_prior()
+              ? loss_forward<4>({a.mu, a.logvar, a.prior_mu, a.prior_logvar}, reduction, scale,
+                                KlFwd<C>{c}, out_dtype)
+              : loss_forward<2>({a.mu, a.logvar, at::Tensor(), at::Tensor()}, reduction, scale,
+                                KlStdFwd<C>{c}, out_dtype);
+  });
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
@@ -794,13 +848,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
                            logvar_min, logvar_max, &grad);
   const bool has_plv = a.prior_logvar.defined();
   at::Tensor gmu = grad_out(a.mu), glv = grad_out(a.mu), gplv = grad_out(a.mu, has_plv);
-  if (!a.has_prior())
-    loss_backward<2, 2>(a.grad, {a.mu, a.logvar, at::Tensor(), at::Tensor()},
-                        {gmu, glv, at::Tensor()}, reduction, scale, KlStdBwd{});
-  else
-    loss_backward<4, 3>(a.grad, {a.mu, a.logvar, a.prior_mu, a.prior_logvar},
-                        {gmu, glv, has_plv ? gplv : at::Tensor()}, reduction, scale, KlBwd{});
-  mask_outside(glv, a.unclamped, a.clamp);
+  with_clamp(a.clamp, [&](auto c) {
+    using C = decltype(c);
+    if (!a.has_prior())
+      loss_backward<2, 2>(a.grad, {a.mu, a.logvar, at::Tensor(), at::Tensor()},
+                          {gmu, glv, at::Tensor()}, reduction, scale, KlStdBwd<C>{c});
+    else
+      loss_backward<4, 3>(a.grad, {a.mu, a.logvar, a.prior_mu, a.prior_logvar},
+                          {gmu, glv, has_plv ? gplv : at::Tensor()}, reduction, scale,
+                          KlBwd<C>{c});
+  });
   return {gmu, glv, gplv};
 }
 
