@@ -43,6 +43,37 @@ inline at::MemoryFormat walk_format(const at::Tensor& x) {
   return at::MemoryFormat::Contiguous;
 }
 
+// The z of the sampling ops, (S, *x.shape), each sample in x's walk_format (x: mu, or logvar in
+// backward, already in that layout), so that a channels-last mu gives a channels-last z without a
+// copy; the kernels see sample s at flat offset s * numel(x), as for a row-major x
+inline at::Tensor sample_out(const at::Tensor& x, int64_t S) {
+  const at::MemoryFormat f = walk_format(x);
+  if (f == at::MemoryFormat::Contiguous) return at::empty(sample_shape(x, S), x.options());
+  std::vector<int64_t> stacked = x.sizes().vec();
+  stacked[0] *= S;  // S * batch samples in x's layout: dim 0 splits into (S, batch) as a view
+  return at::empty(stacked, x.options().memory_format(f)).view(sample_shape(x, S));
+}
+// grad_z of a sampling backward op in sample_out's layout (a copy only if it is not)
+inline at::Tensor in_sample_layout(const at::Tensor& t, const at::Tensor& x, int64_t S) {
+  const at::MemoryFormat f = walk_format(x);
+  if (f == at::MemoryFormat::Contiguous) return t.contiguous();
+  if ((S == 1 || t.stride(0) == x.numel()) && t.select(0, 0).is_contiguous(f)) return t;
+  return sample_out(x, S).copy_(t);
+}
+
+// grad_mu of reparameterize with S > 1 samples, sum over dim 0 of grad_z, in x's walk_format (a
+// channels-last mu gets a channels-last gradient, as from the kernels; torch's sum(0) would not):
+// summed in memory order, then viewed back
+inline at::Tensor sum_samples(const at::Tensor& grad_z, const at::Tensor& x) {
+  if (walk_format(x) == at::MemoryFormat::Contiguous) return grad_z.sum(0);
+  const int64_t d = x.dim();  // grad_z: (S, batch, channels, *spatial), d + 1 dims
+  std::vector<int64_t> to_last{0, 1}, back{0, d - 1};
+  for (int64_t i = 3; i <= d; ++i) to_last.push_back(i);
+  to_last.push_back(2);
+  for (int64_t i = 1; i < d - 1; ++i) back.push_back(i);
+  return grad_z.permute(to_last).sum(0).permute(back);
+}
+
 // optional prior argument: in mu's walk_format, or undefined when absent
 inline at::Tensor prior_arg(const std::optional<at::Tensor>& p, const char* name,
                             const at::Tensor& mu, const char* mu_name = "mu") {
@@ -91,8 +122,8 @@ inline LogvarClamp clamp_arg(std::optional<double> lo, std::optional<double> hi)
 }
 // ---- reparameterize / sample_and_kl ----
 struct SampleArgs {
-  at::Tensor mu, logvar;  // contiguous
-  at::Tensor z, kl;       // outputs: (num_samples, *mu.shape), and the KL row sums (undefined without)
+  at::Tensor mu, logvar;  // in mu's walk_format
+  at::Tensor z, kl;       // outputs: (num_samples, *mu.shape) (sample_out), and the KL row sums (undefined without)
   int64_t N, R;           // elements of mu; rows of the KL (1 without)
   LogvarClamp clamp;      // applied inside the kernels (kernels/vae_math.h clamp_logvar)
 };
@@ -105,18 +136,19 @@ inline SampleArgs sample_args(const at::Tensor& mu, const at::Tensor& logvar,
   check_samples(num_samples);
   SampleArgs a;
   a.clamp = clamp_arg(lo, hi);
-  a.mu = mu.contiguous();
-  a.logvar = logvar.contiguous();
+  a.mu = mu.contiguous(walk_format(mu));
+  a.logvar = logvar.contiguous(walk_format(mu));
   a.N = a.mu.numel();
   a.R = with_kl ? rows_of(a.mu) : 1;
-  a.z = at::empty(sample_shape(a.mu, num_samples), a.mu.options());
+  a.z = sample_out(a.mu, num_samples);
   if (with_kl) a.kl = at::empty({a.R}, a.mu.options());
   return a;
 }
 
 // ---- reparameterize_backward (mu, grad_kl null) / sample_and_kl_backward ----
 struct SampleGradArgs {
-  at::Tensor grad_z, logvar, mu, grad_kl;  // contiguous; mu, grad_kl undefined without the KL
+  at::Tensor grad_z, logvar, mu, grad_kl;  // in logvar's walk_format (grad_z: sample_out's, grad_kl:
+                                           // contiguous); mu, grad_kl undefined without the KL
   at::Tensor grad_mu, grad_logvar;         // outputs; grad_mu undefined without the KL
   int64_t N, R;                            // elements of logvar; rows of grad_kl (1 without)
   LogvarClamp clamp;                       // applied inside the kernels, with clamp_grad
@@ -137,11 +169,11 @@ inline SampleGradArgs sample_grad_args(const at::Tensor& grad_z, const at::Tenso
     check_like(*mu, "mu", logvar, "logvar");
     a.R = rows_of(*mu);
     check_grad(*grad_kl, "grad_kl", logvar, "logvar", {a.R});
-    a.mu = mu->contiguous();
+    a.mu = mu->contiguous(walk_format(logvar));
     a.grad_kl = grad_kl->contiguous();
   }
-  a.grad_z = grad_z.contiguous();
-  a.logvar = logvar.contiguous();
+  a.logvar = logvar.contiguous(walk_format(logvar));
+  a.grad_z = in_sample_layout(grad_z, a.logvar, num_samples);
   a.clamp = clamp_arg(lo, hi);
   a.N = a.logvar.numel();
   a.grad_logvar = grad_out(a.logvar);

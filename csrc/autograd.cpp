@@ -21,6 +21,8 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include "csrc/args.h"
+
 namespace vae_fast {
 namespace {
 
@@ -175,7 +177,7 @@ struct Reparameterize : torch::autograd::Function<Reparameterize> {
     Tensor gmu, glv;
     {
       at::AutoGradMode no_grad(false);
-      if (ctx->needs_input_grad(0)) gmu = S == 1 ? grad_z.select(0, 0) : grad_z.sum(0);
+      if (ctx->needs_input_grad(0)) gmu = S == 1 ? grad_z.select(0, 0) : sum_samples(grad_z, logvar);
       if (ctx->needs_input_grad(1))
         glv = reparameterize_backward_op().call(grad_z, logvar, philox, S,
                                                 bound(ctx, "logvar_min"), bound(ctx, "logvar_max"));

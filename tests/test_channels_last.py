@@ -68,3 +68,80 @@ def test_channels_last_in_channels_last_out(backend, shape, fmt):
                 if backend != "reference" or reduction == "none":  # torch's sum backward: contiguous
                     assert a.is_contiguous(memory_format=fmt), (label, i, a.stride())
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=label)
+
+
+# ---- sampling: a channels-last mu gives a channels-last z (docs/rng.md: eps in memory order) ----
+SAMPLERS = {
+    "reparameterize": lambda mu, lv, b, S, g: (
+        vae_fast.reparameterize(mu, lv, num_samples=S, generator=g, backend=b),),
+    "sample_and_kl": lambda mu, lv, b, S, g: vae_fast.sample_and_kl(mu, lv, num_samples=S, generator=g, backend=b),
+    "DiagonalGaussian": lambda mu, lv, b, S, g: (vae_fast.DiagonalGaussian(mu, lv, backend=b).sample(generator=g),),
+}
+# DiagonalGaussian.sample has diffusers' signature: one sample
+CASES = [(name, S) for name in SAMPLERS for S in (None, 3) if name != "DiagonalGaussian" or S is None]
+
+
+def _channels_first(perm, S):
+    """The permutation of z (with a leading sample dim when S is given) to its memory order."""
+    return perm if S is None else (0,) + tuple(p + 1 for p in perm)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("shape,fmt", LAYOUTS, ids=["channels_last", "channels_last_3d"])
+@pytest.mark.parametrize("name,S", CASES)
+def test_sampling_channels_last(backend, shape, fmt, name, S):
+    """z (each sample), grad_mu and grad_logvar of channels-last inputs are channels-last, without a
+    copy, and equal bit for bit those of the contiguous tensors with the same memory (the inputs
+    permuted channels-last), whose eps are the same (docs/rng.md)."""
+    device = need(backend)
+    fn = SAMPLERS[name]
+    perm = (0, 2, 3, 1) if len(shape) == 4 else (0, 2, 3, 4, 1)
+    g = torch.Generator().manual_seed(3)
+    mu, lv = (torch.randn(shape, generator=g, dtype=torch.float64).to(device) for _ in range(2))
+    cl = [t.to(memory_format=fmt).requires_grad_() for t in (mu, lv)]
+    flat = [t.detach().permute(perm).requires_grad_() for t in cl]  # contiguous, the same memory
+    assert all(t.is_contiguous() for t in flat)
+    seed = lambda: torch.Generator(device=device).manual_seed(11)  # noqa: E731
+    with _Copies(mu.numel()) as mode:
+        out = fn(*cl, backend, S, seed())
+    assert mode.copies == [], mode.copies
+    ref = fn(*flat, backend, S, seed())
+    zp = _channels_first(perm, S)
+    z, zr = out[0], ref[0]
+    for zs in ([z] if S is None else list(z)):
+        assert zs.is_contiguous(memory_format=fmt), zs.stride()
+    torch.testing.assert_close(z.permute(zp), zr, rtol=0, atol=0)
+    for a, b in zip(out[1:], ref[1:]):  # the KL row sums: the same walk over the same memory
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    grads = [torch.randn(t.shape, generator=g, dtype=t.dtype).to(device) for t in ref]
+    inv = [sorted(range(len(zp)), key=zp.__getitem__)] + [None] * (len(ref) - 1)
+    grads_cl = [gr.permute(p) if p else gr for gr, p in zip(grads, inv)]  # in z's layout
+    with _Copies(mu.numel()) as mode:
+        got = torch.autograd.grad(out, cl, grads_cl, retain_graph=True)
+    assert mode.copies == [], mode.copies
+    want = torch.autograd.grad(ref, flat, grads)
+    for a, b in zip(got, want):
+        assert a.is_contiguous(memory_format=fmt), a.stride()
+        torch.testing.assert_close(a.permute(perm), b, rtol=0, atol=0)
+    # a grad_z in another layout is brought to z's (one copy): the same gradients
+    got2 = torch.autograd.grad(out, cl, [gr.contiguous() for gr in grads_cl])
+    for a, b in zip(got2, want):
+        torch.testing.assert_close(a.permute(perm), b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("shape,fmt", LAYOUTS, ids=["channels_last", "channels_last_3d"])
+def test_sampling_ops_channels_last_opcheck(backend, shape, fmt):
+    """The fakes give the kernels' strides (sample_out), forward and backward."""
+    from vae_fast._ops import philox_state
+    device = need(backend)
+    ns = getattr(torch.ops, "vae_fast_triton" if backend == "triton" else "vae_fast")
+    mu, lv = (torch.randn(shape, device=device).to(memory_format=fmt) for _ in range(2))
+    p = philox_state(device)
+    z_shape = (2, *shape)
+    gz = torch.randn((2 * shape[0], *shape[1:]), device=device).to(memory_format=fmt).view(z_shape)
+    for op, args in (("reparameterize", (mu, lv, p, 2, None, None)), ("sample_and_kl", (mu, lv, p, 2, -1.0, 1.0)),
+                     ("reparameterize_backward", (gz, lv, p, 2, None, None)),
+                     ("reparameterize_backward", (gz.contiguous(), lv, p, 2, None, None)),
+                     ("sample_and_kl_backward", (gz, torch.randn(shape[0], device=device), mu, lv, p, 2, None, None))):
+        torch.library.opcheck(getattr(ns, op).default, args)

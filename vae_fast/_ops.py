@@ -7,6 +7,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ._schemas import SCHEMAS
+from . import _shapes
 from ._shapes import FAKES
 
 PHILOX_HIGH = 2 ** 62
@@ -33,7 +34,7 @@ def _autograd(ns):
     def reparameterize_bwd(ctx, grad_z):
         _, logvar, philox = ctx.saved_tensors
         glv = ns.reparameterize_backward(grad_z, logvar, philox, ctx.num_samples, *ctx.bounds)
-        gmu = grad_z[0] if ctx.num_samples == 1 else grad_z.sum(0)
+        gmu = grad_z[0] if ctx.num_samples == 1 else _shapes.sum_samples(grad_z, logvar)
         return gmu, glv, None, None, None, None
 
     def sample_and_kl_bwd(ctx, grad_z, grad_kl):

@@ -35,15 +35,45 @@ def new(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
 
 
+def sample_out(x: torch.Tensor, S: int) -> torch.Tensor:
+    """The z of the sampling ops, (S, *x.shape), each sample in x's memory_format, so that a
+    channels-last mu gives a channels-last z without a copy (csrc/args.h sample_out): the kernels
+    see sample s at flat offset s * x.numel(), as for a row-major x."""
+    fmt = memory_format(x)
+    if fmt == torch.contiguous_format:
+        return torch.empty((S, *x.shape), dtype=x.dtype, device=x.device)
+    stacked = torch.empty((S * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=fmt)
+    return stacked.view(S, *x.shape)
+
+
+def in_sample_layout(t: torch.Tensor, x: torch.Tensor, S: int) -> torch.Tensor:
+    """grad_z of a sampling backward op in sample_out's layout (a copy only if it is not)."""
+    fmt = memory_format(x)
+    if fmt == torch.contiguous_format:
+        return t.contiguous()
+    if (S == 1 or t.stride(0) == x.numel()) and t.select(0, 0).is_contiguous(memory_format=fmt):
+        return t
+    return sample_out(x, S).copy_(t)
+
+
+def sum_samples(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t.sum(0) in x's memory_format: grad_mu of reparameterize with several samples (a channels-last
+    mu gets a channels-last gradient; torch's sum(0) would not), summed in memory order (csrc/args.h)."""
+    if memory_format(x) == torch.contiguous_format:
+        return t.sum(0)
+    d = x.dim()  # t: (S, batch, channels, *spatial)
+    return t.permute(0, 1, *range(3, d + 1), 2).sum(0).permute(0, d - 1, *range(1, d - 1))
+
+
 def empty(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=x.dtype, device=x.device)
 
 
 FAKES = {
-    "reparameterize": lambda mu, logvar, philox, S, lo=None, hi=None: new(mu, (S, *mu.shape)),
+    "reparameterize": lambda mu, logvar, philox, S, lo=None, hi=None: sample_out(mu, S),
     "reparameterize_backward": lambda grad_z, logvar, philox, S, lo=None, hi=None: new(logvar, logvar.shape),
     "sample_and_kl": lambda mu, logvar, philox, S, lo=None, hi=None: (
-        new(mu, (S, *mu.shape)), new(mu, reduced(mu, ROWS))),
+        sample_out(mu, S), new(mu, reduced(mu, ROWS))),
     "sample_and_kl_backward":
         lambda grad_z, grad_kl, mu, logvar, philox, S, lo=None, hi=None: (new(mu, mu.shape), new(logvar, logvar.shape)),
     "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale, out_dtype=None, lo=None, hi=None:

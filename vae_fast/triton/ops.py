@@ -310,8 +310,9 @@ def gaussian_nll_backward(grad: Tensor, mean: Tensor, logvar: Tensor, target: Te
 # ---------------------------------------------------------------- sampling
 
 def sample(mu, logvar, philox, num_samples: int, with_kl: bool, logvar_min, logvar_max):
-    mu, logvar = mu.contiguous(), logvar.contiguous()
-    z = torch.empty((num_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
+    fmt = _shapes.memory_format(mu)  # a channels-last mu: z channels-last, no copies (_shapes.sample_out)
+    mu, logvar = mu.contiguous(memory_format=fmt), logvar.contiguous(memory_format=fmt)
+    z = _shapes.sample_out(mu, num_samples)
     kl = reduced_out(mu, ROWS) if with_kl else z
     reduction = ROWS if with_kl else NONE
     R, C = rows_cols(mu, reduction)  # rows only matter for the KL
@@ -322,7 +323,9 @@ def sample(mu, logvar, philox, num_samples: int, with_kl: bool, logvar_min, logv
 
 
 def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int, logvar_min, logvar_max):
-    grad_z, logvar = grad_z.contiguous(), logvar.contiguous()
+    fmt = _shapes.memory_format(logvar)
+    logvar = logvar.contiguous(memory_format=fmt)
+    grad_z = _shapes.in_sample_layout(grad_z, logvar, num_samples)
     with_kl = grad_kl is not None
     glv = torch.empty_like(logvar)
     gmu = torch.empty_like(logvar) if with_kl else glv
@@ -330,7 +333,7 @@ def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int, logva
     R, C = rows_cols(logvar, reduction)
     lo, hi, clamp = bounds(logvar_min, logvar_max)
     launch(k.sample_bwd, logvar, R, C, (grad_z, grad_kl.contiguous() if with_kl else glv,
-           mu.contiguous() if with_kl else glv, logvar, philox, gmu, glv, lo, hi), num_samples, reduction,
+           mu.contiguous(memory_format=fmt) if with_kl else glv, logvar, philox, gmu, glv, lo, hi), num_samples, reduction,
            FAST_RNG=fast_rng(R, C), CLAMP=clamp)
     return gmu, glv
 
