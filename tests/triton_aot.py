@@ -184,8 +184,7 @@ def elementwise_inputs(name, consts):
     grad = 0 if consts.get("REDUCE") else 1
     priors = int(bool(consts.get("HAS_PMU"))) + int(bool(consts.get("HAS_PLV")))
     weights = int(bool(consts.get("HAS_W"))) + int(bool(consts.get("HAS_PW")))
-    return {"kl_fwd": 2 + priors, "kl_bwd": grad + 2 + priors, "bce_fwd": 2, "bce_bwd": grad + 2,
-            "bce_w_fwd": 2 + weights, "bce_w_bwd": grad + 2 + weights,
+    return {"kl_fwd": 2 + priors, "kl_bwd": grad + 2 + priors, "bce_fwd": 2 + weights, "bce_bwd": grad + 2 + weights,
             "gnll_fwd": 3, "gnll_bwd": grad + 3, "sample_fwd": 2,
             "sample_bwd": 2 + int(bool(consts.get("REDUCE")))}[name]
 

@@ -181,10 +181,22 @@ def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_pt
                 tl.store(gplv_ptr + offs, gplv, mask=mask)
         rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
 
+@triton.jit
+def load_or_one(ptr, offs, mask, PRESENT: tl.constexpr, ACC: tl.constexpr):
+    """An optional weight: ones when absent, without touching memory."""
+    if PRESENT:
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
+    else:
+        return tl.full(offs.shape, 1.0, ACC)
+
+
 @triton.jit(do_not_specialize=["scale_bits"])
-def bce_fwd(x_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps, scale_bits,
+def bce_fwd(x_ptr, t_ptr, w_ptr, pw_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps, scale_bits,
+            HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
             REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr, BLOCK_R: tl.constexpr,
             BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
+    """F.binary_cross_entropy_with_logits, with weight and / or pos_weight when HAS_W / HAS_PW
+    (without either: m.bce, not m.bce_w with ones, and w_ptr, pw_ptr unread)."""
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
     scale = m.scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
@@ -193,7 +205,13 @@ def bce_fwd(x_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps,
         for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
             cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
-            val = m.bce(load(x_ptr, offs, mask, ACC), load(t_ptr, offs, mask, ACC))
+            x = load(x_ptr, offs, mask, ACC)
+            t = load(t_ptr, offs, mask, ACC)
+            if HAS_W or HAS_PW:
+                val = m.bce_w(x, t, load_or_one(w_ptr, offs, mask, HAS_W, ACC),
+                              load_or_one(pw_ptr, offs, mask, HAS_PW, ACC))
+            else:
+                val = m.bce(x, t)
             acc = put(out_ptr, val, acc, offs, mask, REDUCE)
         end_unit(out_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, scale, REDUCE, SPLIT)
         rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
@@ -201,7 +219,8 @@ def bce_fwd(x_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps,
 
 
 @triton.jit(do_not_specialize=["scale_bits"])
-def bce_bwd(grad_ptr, x_ptr, t_ptr, gx_ptr, gt_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps, scale_bits,
+def bce_bwd(grad_ptr, x_ptr, t_ptr, w_ptr, pw_ptr, gx_ptr, gt_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps,
+            scale_bits, HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
             TARGET_GRAD: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr,
             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
@@ -213,58 +232,13 @@ def bce_bwd(grad_ptr, x_ptr, t_ptr, gx_ptr, gt_ptr, ws_ptr, count_ptr, R, C, n_u
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
             x = load(x_ptr, offs, mask, ACC)
-            tl.store(gx_ptr + offs, g * (m.sigmoid(x) - load(t_ptr, offs, mask, ACC)), mask=mask)
-            if TARGET_GRAD:
-                tl.store(gt_ptr + offs, -g * x, mask=mask)
-        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
-
-@triton.jit
-def load_or_one(ptr, offs, mask, PRESENT: tl.constexpr, ACC: tl.constexpr):
-    """An optional weight: ones when absent, without touching memory."""
-    if PRESENT:
-        return tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
-    else:
-        return tl.full(offs.shape, 1.0, ACC)
-
-
-@triton.jit(do_not_specialize=["scale_bits"])
-def bce_w_fwd(x_ptr, t_ptr, w_ptr, pw_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps, scale_bits,
-              HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
-              REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr, BLOCK_R: tl.constexpr,
-              BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
-    """bce_fwd with weight and / or pos_weight (F.binary_cross_entropy_with_logits)."""
-    ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    scale = m.scale_of(scale_bits, ACC)
-    rb, seg, step_rb, step_seg = first_unit(n_seg)
-    for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
-        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
-            cb = seg * tps + j
-            rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
-            val = m.bce_w(load(x_ptr, offs, mask, ACC), load(t_ptr, offs, mask, ACC),
-                          load_or_one(w_ptr, offs, mask, HAS_W, ACC), load_or_one(pw_ptr, offs, mask, HAS_PW, ACC))
-            acc = put(out_ptr, val, acc, offs, mask, REDUCE)
-        end_unit(out_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, scale, REDUCE, SPLIT)
-        rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
-    finish(out_ptr, ws_ptr, count_ptr, R, n_seg, scale, SPLIT, SEG_BLOCK, ROW_BLOCK)
-
-
-@triton.jit(do_not_specialize=["scale_bits"])
-def bce_w_bwd(grad_ptr, x_ptr, t_ptr, w_ptr, pw_ptr, gx_ptr, gt_ptr, ws_ptr, count_ptr, R, C, n_units, n_seg, tps,
-              scale_bits, HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
-              TARGET_GRAD: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr,
-              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
-    ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    scale = m.scale_of(scale_bits, ACC)
-    rb, seg, step_rb, step_seg = first_unit(n_seg)
-    for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
-        for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
-            cb = seg * tps + j
-            rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
-            g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
-            gx, gt = m.bce_w_grads(load(x_ptr, offs, mask, ACC), load(t_ptr, offs, mask, ACC),
-                                   load_or_one(w_ptr, offs, mask, HAS_W, ACC),
-                                   load_or_one(pw_ptr, offs, mask, HAS_PW, ACC), g)
+            t = load(t_ptr, offs, mask, ACC)
+            if HAS_W or HAS_PW:
+                gx, gt = m.bce_w_grads(x, t, load_or_one(w_ptr, offs, mask, HAS_W, ACC),
+                                       load_or_one(pw_ptr, offs, mask, HAS_PW, ACC), g)
+            else:
+                gx = g * (m.sigmoid(x) - t)
+                gt = -g * x
             tl.store(gx_ptr + offs, gx, mask=mask)
             if TARGET_GRAD:
                 tl.store(gt_ptr + offs, gt, mask=mask)

@@ -250,14 +250,12 @@ def bernoulli_nll(logits: Tensor, target: Tensor, reduction: int, scale: float, 
     logits, target = logits.contiguous(memory_format=fmt), target.contiguous(memory_format=fmt)
     out = reduced_out(logits, reduction, out_dtype)
     R, C = rows_cols(logits, reduction)
-    if weight is None and pos_weight is None:
-        launch(k.bce_fwd, logits, R, C, (logits, target, out), scale_bits(scale), reduction, out)
-        return out
     # weights of logits' shape (stride-0 expanded views from functional): the kernels read every
-    # element at its flat index, so a broadcast weight is materialised full size here
+    # element at its flat index, so a broadcast weight is materialised full size here; an absent
+    # one is a placeholder pointer the kernel never reads
     w = logits if weight is None else weight.contiguous(memory_format=fmt)
     pw = logits if pos_weight is None else pos_weight.contiguous(memory_format=fmt)
-    launch(k.bce_w_fwd, logits, R, C, (logits, target, w, pw, out), scale_bits(scale), reduction, out,
+    launch(k.bce_fwd, logits, R, C, (logits, target, w, pw, out), scale_bits(scale), reduction, out,
            HAS_W=weight is not None, HAS_PW=pos_weight is not None)
     return out
 
@@ -273,14 +271,10 @@ def bernoulli_nll_backward(grad: Tensor, logits: Tensor, target: Tensor, reducti
     gtarget = torch.empty_like(target) if target_grad else logits.new_empty(0)
     R, C = rows_cols(logits, reduction)
     outs = (glogits, gtarget if target_grad else glogits)
-    if weight is None and pos_weight is None:
-        launch(k.bce_bwd, logits, R, C, (grad, logits, target, *outs), scale_bits(scale), reduction,
-               TARGET_GRAD=target_grad)
-    else:
-        w = logits if weight is None else weight.contiguous(memory_format=fmt)
-        pw = logits if pos_weight is None else pos_weight.contiguous(memory_format=fmt)
-        launch(k.bce_w_bwd, logits, R, C, (grad, logits, target, w, pw, *outs), scale_bits(scale), reduction,
-               TARGET_GRAD=target_grad, HAS_W=weight is not None, HAS_PW=pos_weight is not None)
+    w = logits if weight is None else weight.contiguous(memory_format=fmt)
+    pw = logits if pos_weight is None else pos_weight.contiguous(memory_format=fmt)
+    launch(k.bce_bwd, logits, R, C, (grad, logits, target, w, pw, *outs), scale_bits(scale), reduction,
+           TARGET_GRAD=target_grad, HAS_W=weight is not None, HAS_PW=pos_weight is not None)
     return glogits, gtarget
 
 
