@@ -48,9 +48,13 @@ template <class T> IWAE_CLONES T chunk_sum(const T* v, int64_t n) {
   return s;
 }
 
+// __restrict__: no output aliases an input (the callers' buffers), so the loop vectorises (GCC
+// gives up on the runtime alias checks of 7 arrays: 7x slower than the forward without)
 template <class T>
-IWAE_CLONES void density_grad_loop(const T* g, const T* z, const T* mu, const T* lv, T a, T b,
-                                   T* gz, T* gmu, T* glv, int64_t n) {
+IWAE_CLONES void density_grad_loop(const T* __restrict__ g, const T* __restrict__ z,
+                                   const T* __restrict__ mu, const T* __restrict__ lv, T a, T b,
+                                   T* __restrict__ gz, T* __restrict__ gmu, T* __restrict__ glv,
+                                   int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     T dz, dmu, dlv;
     vae::log_density_grad(g[i], z[i], mu[i], lv[i], a, b, &dz, &dmu, &dlv);
@@ -184,11 +188,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_density_backward(
             for (int64_t i = 0; i < n; ++i) bg[i] = ts * static_cast<T>(pg[e0 + i]);
           } else if (reduction == kSum) {
             std::fill(bg, bg + n, ts * static_cast<T>(pg[0]));
-          } else {  // ROWS: row k*B + (i0 + i) / C of z
+          } else {  // ROWS: row k*B + (i0 + i) / C of z, one value per run of <= C elements
             int64_t row = k * B + i0 / C, c = i0 % C;
-            for (int64_t i = 0; i < n; ++i) {
-              bg[i] = ts * static_cast<T>(pg[row]);
-              if (++c == C) c = 0, ++row;
+            for (int64_t i = 0; i < n; c = 0, ++row) {
+              const int64_t run = std::min(n - i, C - c);
+              std::fill(bg + i, bg + i + run, ts * static_cast<T>(pg[row]));
+              i += run;
             }
           }
           density_grad_loop(bg, load(pz + e0, n, bz), m, l, ta, tb, oz, am, al, n);
