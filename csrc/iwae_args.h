@@ -46,4 +46,16 @@ inline LogDensityArgs log_density_args(const at::Tensor& z, const std::optional<
   return a;
 }
 
+// The outputs of log_density_backward: grad_z, and grad_mu, grad_logvar when params_grad and q is
+// given (else empty tensors, docs/ops.md)
+struct LogDensityGrads {
+  bool params;  // grad_mu and grad_logvar are computed
+  at::Tensor z, mu, logvar;
+};
+inline LogDensityGrads log_density_grads(const LogDensityArgs& a, bool params_grad) {
+  const bool params = params_grad && a.has_q();
+  auto param_grad = [&] { return params ? grad_out(a.mu) : at::empty({0}, a.z.options()); };
+  return {params, grad_out(a.z), param_grad(), param_grad()};  // two tensors: outputs never alias
+}
+
 }  // namespace vae_fast

@@ -141,10 +141,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_density_backward(
     const std::optional<at::Tensor>& logvar, double prior_coef, double q_coef, int64_t reduction,
     double scale, bool params_grad) {
   const LogDensityArgs a = log_density_args(z, mu, logvar, reduction, Backend::kCuda, &grad);
-  const bool params = params_grad && a.has_q();
-  at::Tensor gz = grad_out(a.z);
-  at::Tensor gmu = params ? grad_out(a.mu) : at::empty({0}, a.z.options());
-  at::Tensor glv = params ? grad_out(a.mu) : at::empty({0}, a.z.options());
+  const LogDensityGrads out = log_density_grads(a, params_grad);
+  const bool params = out.params;
+  const at::Tensor &gz = out.z, &gmu = out.mu, &glv = out.logvar;
   const int64_t B = a.has_q() ? a.B : a.R, N = B * a.C, K = B ? a.R / B : 0;
   const c10::cuda::CUDAGuard guard(a.z.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
