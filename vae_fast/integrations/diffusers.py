@@ -53,6 +53,17 @@ def _holds(module, cls) -> bool:
         return False
 
 
+def _replace(old, new) -> list[str]:
+    """Point every loaded diffusers module that holds `old` under diffusers' name at `new`; the
+    names of those modules, sorted."""
+    replaced = []
+    for name, module in _diffusers_modules():
+        if _holds(module, old):
+            setattr(module, _NAME, new)
+            replaced.append(name)
+    return sorted(replaced)
+
+
 def patch() -> list[str]:
     """Replace diffusers' DiagonalGaussianDistribution by vae_fast's. Returns the names of the modules
     it patched in this call, sorted (none when already patched: idempotent)."""
@@ -63,12 +74,7 @@ def patch() -> list[str]:
     current = vars(vae)[_NAME]
     if current is not DiagonalGaussianDistribution:
         _original = current
-    patched = []
-    for name, module in _diffusers_modules():
-        if _holds(module, _original):
-            setattr(module, _NAME, DiagonalGaussianDistribution)
-            patched.append(name)
-    return sorted(patched)
+    return _replace(_original, DiagonalGaussianDistribution)
 
 
 def unpatch() -> list[str]:
@@ -76,12 +82,7 @@ def unpatch() -> list[str]:
     Returns the names of the modules restored, sorted."""
     if _original is None:
         return []
-    restored = []
-    for name, module in _diffusers_modules():
-        if _holds(module, DiagonalGaussianDistribution):
-            setattr(module, _NAME, _original)
-            restored.append(name)
-    return sorted(restored)
+    return _replace(DiagonalGaussianDistribution, _original)
 
 
 def is_patched() -> bool:
