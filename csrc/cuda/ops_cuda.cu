@@ -257,15 +257,20 @@ struct NoClamp {
   template <class T> __device__ T grad(T g, T) const { return g; }
 };
 struct Bounds {
-  double lo, hi;  // read in the kernels' math type (opmath: float or double)
+  float lo_f, hi_f;  // the bounds in the kernels' math type (opmath: float, or double)
+  double lo_d, hi_d;
+  template <class T> __device__ T lo() const { if constexpr (sizeof(T) == 8) return lo_d; else return lo_f; }
+  template <class T> __device__ T hi() const { if constexpr (sizeof(T) == 8) return hi_d; else return hi_f; }
   template <class T> __device__ T operator()(T lv) const {
-    return vae::clamp_logvar(lv, static_cast<T>(lo), static_cast<T>(hi));
+    return vae::clamp_logvar(lv, lo<T>(), hi<T>());
   }
   template <class T> __device__ T grad(T g, T lv) const {
-    return vae::clamp_grad(g, lv, static_cast<T>(lo), static_cast<T>(hi));
+    return vae::clamp_grad(g, lv, lo<T>(), hi<T>());
   }
 };
-Bounds bounds_of(const LogvarClamp& c) { return {c.lo, c.hi}; }
+Bounds bounds_of(const LogvarClamp& c) {
+  return {static_cast<float>(c.lo), static_cast<float>(c.hi), c.lo, c.hi};
+}
 
 template <class C> struct KlStdFwd {
   C c;
