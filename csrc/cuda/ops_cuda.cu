@@ -257,7 +257,9 @@ struct NoClamp {
   template <class T> __device__ T grad(T g, T) const { return g; }
 };
 struct Bounds {
-  float lo_f, hi_f;  // the bounds in the kernels' math type (opmath: float, or double)
+  // the bounds in the kernels' math type (opmath: float, or double); float copies, because
+  // converting the doubles where they are used spilled sample_forward<KL clamp> to local memory
+  float lo_f, hi_f;
   double lo_d, hi_d;
   template <class T> __device__ T lo() const { if constexpr (sizeof(T) == 8) return lo_d; else return lo_f; }
   template <class T> __device__ T hi() const { if constexpr (sizeof(T) == 8) return hi_d; else return hi_f; }
