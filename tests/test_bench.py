@@ -135,6 +135,7 @@ def test_table_and_plot(quick_run):
     assert "x eager" in stdout and "x compiled" in stdout and "dispatch overhead" in stdout
     assert "copy baseline" in stdout
     assert (out / "bench.png").read_bytes()[:8] == PNG_MAGIC
+    assert report["complete"] is True and not list(out.glob("*.tmp"))
 
 
 def test_cpu_results_stay_out_of_benchmarks_results(tmp_path, capsys):
@@ -172,3 +173,27 @@ def test_unusable_out_fails_before_the_benchmark(kind, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert info.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"vae-fast bench: error: --out {out}: {message}"), err
+
+
+def test_a_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch, capsys):
+    """A time limit (a lent GPU's) stopping the run mid-way leaves bench.json with every case done
+    so far, marked incomplete; each case's numbers are printed as soon as it is measured."""
+    calls = []
+
+    def measured(case, impls, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # what `timeout -s INT` does to the run
+        calls.append(case)
+        return [{**dict.fromkeys(bench.ROW_KEYS), "op": case.op, "impl": impl, "median_s": 1e-3,
+                 "gbps": 2.0, "direction": case.direction, "shape": case.shape.name,
+                 "dtype": case.dtype_name} for impl in impls]
+
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda *a: {"gbps": 4.0, "median_s": 1.0})
+    monkeypatch.setattr(bench, "measure_case", measured)
+    assert cli.main(["bench", "--quick", "--device", "cpu", "--backends", "cpu", "--out", str(tmp_path)]) == 130
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["complete"] is False
+    assert [(r["op"], r["impl"]) for r in report["rows"]] == [(calls[0].op, i) for i in ("eager", "compiled", "cpu")]
+    assert all(r["copy_fraction"] == 0.5 for r in report["rows"])
+    assert "copy  50%" in capsys.readouterr().out
+    assert not (tmp_path / "bench.png").exists()

@@ -764,31 +764,46 @@ def run(options: Options, stdout=None) -> dict:
         f"{report['copy']['gbps']:.1f} GB/s")
 
     impls = [*BASELINES, *backends]
-    rows = []
+    report["complete"] = False  # until the last case and the dispatch rows are in
+    report["rows"] = rows = []
     todo = cases(ops, shapes, [DTYPES[d] for d in dtype_names], device)
     for i, case in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] {case.label}")
-        rows += measure_case(case, impls, compile_backend, timer, notes, log)
-    for row in rows:
-        if row["gbps"] is not None:
-            row["copy_fraction"] = row["gbps"] / report["copy"]["gbps"]
-    report["rows"] = rows
+        new = measure_case(case, impls, compile_backend, timer, notes, log)
+        for row in new:
+            if row["gbps"] is not None:
+                row["copy_fraction"] = row["gbps"] / report["copy"]["gbps"]
+        log(format_case(new))
+        rows += new
+        # a run cut short (a time limit on a lent GPU) keeps every case it finished
+        write_json(report, out / "bench.json")
     report["dispatch"] = dispatch_overhead(device, backends, timer)
+    report["complete"] = True
 
     log()
     log(format_table(rows))
     log()
     log(format_dispatch(report["dispatch"]))
+    write_json(report, out / "bench.json")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "bench.json", "w") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
         plot(report, out / "bench.png")
     except OSError as e:  # checked at the start; e.g. removed or a full disk since
         raise BenchError(f"--out {out}: cannot write the results: {e}") from None
     log(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
     return report
+
+
+def write_json(report: dict, path: Path) -> None:
+    """Replace `path` with the report in one step (a reader never sees half a file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
+        tmp.replace(path)
+    except OSError as e:  # checked at the start; e.g. removed or a full disk since
+        raise BenchError(f"--out {path.parent}: cannot write the results: {e}") from None
 
 
 def _package_version():
@@ -823,6 +838,14 @@ def format_table(rows) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     return "\n".join("  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                      + "  " + line[-1] for line in lines).rstrip()
+
+
+def format_case(rows) -> str:
+    """One line per impl of a case, as it is measured: time, fraction of copy, speedups."""
+    return "\n".join(
+        f"  {r['impl']:9s} {_fmt_time(r['median_s']):>9s}  copy {_fmt(r['copy_fraction'] and 100 * r['copy_fraction'], '.0f'):>3s}%"
+        f"  x eager {_fmt(r['speedup_vs_eager'], '.2f'):>5s}  x compiled {_fmt(r['speedup_vs_compiled'], '.2f'):>5s}"
+        + (f"  {r['error']}" if r["error"] else "") for r in rows)
 
 
 def format_dispatch(dispatch) -> str:
