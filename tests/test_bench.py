@@ -190,9 +190,11 @@ def test_a_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(bench, "copy_bandwidth", lambda *a: {"gbps": 4.0, "median_s": 1.0})
     monkeypatch.setattr(bench, "measure_case", measured)
-    assert cli.main(["bench", "--quick", "--device", "cpu", "--backends", "cpu", "--out", str(tmp_path)]) == 130
+    assert cli.main(["bench", "--quick", "--device", "cpu", "--backends", "cpu", "--directions", "fwd+bwd",
+                     "--out", str(tmp_path)]) == 130
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert report["complete"] is False
+    assert report["complete"] is False and report["options"]["directions"] == ["fwd+bwd"]
+    assert calls[0].direction == "fwd+bwd"
     assert [(r["op"], r["impl"]) for r in report["rows"]] == [(calls[0].op, i) for i in ("eager", "compiled", "cpu")]
     assert all(r["copy_fraction"] == 0.5 for r in report["rows"])
     assert "copy  50%" in capsys.readouterr().out

@@ -275,9 +275,9 @@ class Case:
         return f"{self.op} {self.direction} {self.shape.name} {self.dtype_name}"
 
 
-def cases(ops, shapes, dtypes, device) -> list[Case]:
+def cases(ops, shapes, dtypes, device, directions=DIRECTIONS) -> list[Case]:
     return [Case(op, d, shape, dtype, device) for op in ops for shape in shapes
-            if (op != "vae_step" or shape.vae) and _runs_on(op, shape) for dtype in dtypes for d in DIRECTIONS]
+            if (op != "vae_step" or shape.vae) and _runs_on(op, shape) for dtype in dtypes for d in directions]
 
 
 def _runs_on(op: str, shape: Shape) -> bool:
@@ -557,6 +557,7 @@ class Options:
     ops: tuple | None = None        # None: OPS
     dtypes: tuple | None = None     # names of DTYPES; None: float32 (--quick) or all
     shapes: tuple | None = None     # Shape names; None: QUICK_SHAPES or FULL_SHAPES
+    directions: tuple | None = None  # of DIRECTIONS; None: both
     device: str = "auto"            # auto: cuda when available, else cpu
     compile_backend: str | None = None  # None: inductor (aot_eager on the CPU with --quick)
     threads: int | None = None      # torch CPU threads
@@ -713,6 +714,7 @@ def run(options: Options, stdout=None) -> dict:
     dtype_names = _pick("dtypes", options.dtypes, ("float32",) if quick else tuple(DTYPES))
     shape_list = QUICK_SHAPES if quick else FULL_SHAPES
     shapes = [s for s in shape_list if s.name in _pick("shapes", options.shapes, [s.name for s in shape_list])]
+    directions = _pick("directions", options.directions, DIRECTIONS)
     compile_backend = options.compile_backend or default_compile_backend(device, quick)
     if compile_backend not in COMPILE_BACKENDS:
         raise BenchError(f"--compile-backend: expected one of {', '.join(COMPILE_BACKENDS)}, got {compile_backend!r}")
@@ -736,7 +738,8 @@ def run(options: Options, stdout=None) -> dict:
         "git": git_commit(),
         "quick": quick,
         "options": {"backends": backends, "ops": ops, "dtypes": dtype_names,
-                    "shapes": [s.name for s in shapes], "compile_backend": compile_backend,
+                    "shapes": [s.name for s in shapes], "directions": directions,
+                    "compile_backend": compile_backend,
                     "threads": torch.get_num_threads(), "timer": dataclasses.asdict(timer)},
         "backends_left_out": left_out,
         "notes": [],
@@ -766,7 +769,7 @@ def run(options: Options, stdout=None) -> dict:
     impls = [*BASELINES, *backends]
     report["complete"] = False  # until the last case and the dispatch rows are in
     report["rows"] = rows = []
-    todo = cases(ops, shapes, [DTYPES[d] for d in dtype_names], device)
+    todo = cases(ops, shapes, [DTYPES[d] for d in dtype_names], device, directions)
     for i, case in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] {case.label}")
         new = measure_case(case, impls, compile_backend, timer, notes, log)

@@ -158,6 +158,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--shapes", nargs="+", metavar="NAME",
                    help="shape names (full: " + ", ".join(s.name for s in bench.FULL_SHAPES) +
                         "; --quick: " + ", ".join(s.name for s in bench.QUICK_SHAPES) + "; default: all)")
+    p.add_argument("--directions", nargs="+", choices=bench.DIRECTIONS, metavar="DIR",
+                   help="fwd and/or fwd+bwd (default: both)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto: cuda when available, else cpu")
     p.add_argument("--compile-backend", choices=bench.COMPILE_BACKENDS, default=None,
@@ -175,7 +177,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from .bench import BenchError, Options, run
 
     options = Options(quick=args.quick, backends=args.backends, ops=args.ops, dtypes=args.dtypes,
-                      shapes=args.shapes, device=args.device, compile_backend=args.compile_backend,
+                      shapes=args.shapes, directions=args.directions, device=args.device,
+                      compile_backend=args.compile_backend,
                       threads=args.threads, out=args.out)
     try:
         run(options)
