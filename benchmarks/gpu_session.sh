@@ -73,41 +73,31 @@ build() {  # sm_90 only: this machine's chip (the CPU CI covers sm_80 compilatio
   note "build: $(($(left))) s of the budget left"
 }
 
-diag() {  # the 2026-11-27 run's workers segfaulted in _C's input checks whose messages hold integers
+diag() {  # the 2026-11-27 segfault in _C's integer error messages: benchmarks/probe_int_errors.py
   {
     g++ --version | head -1
-    # the C++ runtimes loaded once torch and _C are imported (two copies of one would explain a crash)
-    $PY -c 'import torch, vae_fast, vae_fast._C
+    # the C++ runtimes loaded once torch, _C and CUDA are up (two copies of one would explain a crash)
+    $PY -c 'import torch, vae_fast, vae_fast._C; torch.zeros(1, device="cuda")
 print(*sorted({l.split()[-1] for l in open("/proc/self/maps") if "stdc++" in l or "gomp" in l}), sep="\n")'
-    # where _C's integer insertion (ostream::_M_insert<long>) binds at run time
-    LD_DEBUG=bindings $PY -c 'import torch, vae_fast
-try:
-    torch.ops.vae_fast.reparameterize(torch.zeros(3), torch.zeros(3), torch.tensor([1.0, 2.0]), 1)
-except RuntimeError:
-    pass' 2>&1 | grep -E 'binding file [^ ]*vae_fast.*(_M_insert|num_put|locale)' | sed 's/^ *[0-9]*: *//' | sort -u | head -8
+    # where _C's integer insertion (ostream::_M_insert<long>) binds, CUDA initialised first
+    LD_DEBUG=bindings $PY benchmarks/probe_int_errors.py --cuda-first 2>&1 \
+      | grep -E 'binding file [^ ]*vae_fast.*(_M_insert|num_put|locale)' | sed 's/^ *[0-9]*: *//' | sort -u | head -8
   } > "$OUT/toolchain.txt" 2>&1
   cat "$OUT/toolchain.txt"
-  local probe='import torch, vae_fast
-for name, call in [
-    ("torch, integer message", lambda: torch.zeros(2).view(3)),
-    ("_C, dtype message", lambda: torch.ops.vae_fast.bernoulli_nll(torch.zeros(3, dtype=torch.float64), torch.zeros(3), 0, 1.0)),
-    ("_C, integer message", lambda: torch.ops.vae_fast.reparameterize(torch.zeros(3), torch.zeros(3), torch.tensor([1.0, 2.0]), 1)),
-    ("_C, shape message", lambda: torch.ops.vae_fast.bernoulli_nll(torch.zeros(3), torch.zeros(2), 0, 1.0)),
-]:
-    print(name, "...", end=" ", flush=True)
-    try:
-        call()
-        print("no error?!")
-    except RuntimeError as e:
-        print("ok:", str(e).splitlines()[0][:100], flush=True)'
-  capped 60 $PY -c "$probe" 2>&1 | tee "$OUT/diag.txt"
-  local rc=${PIPESTATUS[0]}
-  if [ "$rc" -ne 0 ]; then  # no gdb on the image; cuda-gdb debugs host code too
-    local dbg
-    dbg=$(command -v gdb || command -v cuda-gdb || true)
-    [ -n "$dbg" ] && capped 120 "$dbg" -batch -ex run -ex bt --args $PY -c "$probe" 2>&1 | tail -40 | tee -a "$OUT/diag.txt"
-  fi
-  note "diag: probe exit status $rc ($(tail -1 "$OUT/diag.txt" | cut -c1-80))"
+  local rc=0 order
+  for order in "" --cuda-first; do
+    echo "--- probe_int_errors.py $order" | tee -a "$OUT/diag.txt"
+    capped 60 $PY benchmarks/probe_int_errors.py $order 2>&1 | tee -a "$OUT/diag.txt"
+    local r=${PIPESTATUS[0]}
+    rc=$((rc | r))
+    if [ "$r" -ne 0 ]; then  # no gdb on the image; cuda-gdb debugs host code too
+      local dbg
+      dbg=$(command -v gdb || command -v cuda-gdb || true)
+      [ -n "$dbg" ] && capped 120 "$dbg" -batch -ex run -ex bt --args $PY benchmarks/probe_int_errors.py $order \
+        2>&1 | tail -40 | tee -a "$OUT/diag.txt"
+    fi
+  done
+  note "diag: probe exit status $rc, $(grep -c '^probe done' "$OUT/diag.txt") of 2 probes done"
 }
 
 run_tests() {
