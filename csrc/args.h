@@ -147,8 +147,9 @@ inline SampleArgs sample_args(const at::Tensor& mu, const at::Tensor& logvar,
 
 // ---- reparameterize_backward (mu, grad_kl null) / sample_and_kl_backward ----
 struct SampleGradArgs {
-  at::Tensor grad_z, logvar, mu, grad_kl;  // in logvar's walk_format (grad_z: sample_out's, grad_kl:
-                                           // contiguous); mu, grad_kl undefined without the KL
+  at::Tensor grad_z, logvar, mu, grad_kl;  // in the forward's layout: mu's walk_format, or logvar's
+                                           // without mu (grad_z: sample_out's, grad_kl: contiguous);
+                                           // mu, grad_kl undefined without the KL
   at::Tensor grad_mu, grad_logvar;         // outputs; grad_mu undefined without the KL
   int64_t N, R;                            // elements of logvar; rows of grad_kl (1 without)
   LogvarClamp clamp;                       // applied inside the kernels, with clamp_grad
@@ -165,14 +166,17 @@ inline SampleGradArgs sample_grad_args(const at::Tensor& grad_z, const at::Tenso
   check_grad(grad_z, "grad_z", logvar, "logvar", sample_shape(logvar, num_samples));
   SampleGradArgs a;
   a.R = 1;
+  // eps is replayed in the forward's order, mu's memory order (docs/rng.md): reparameterize_backward
+  // has no mu, and its autograd passes logvar already in mu's layout
+  const at::MemoryFormat fmt = walk_format(mu ? *mu : logvar);
   if (mu) {
     check_like(*mu, "mu", logvar, "logvar");
     a.R = rows_of(*mu);
     check_grad(*grad_kl, "grad_kl", logvar, "logvar", {a.R});
-    a.mu = mu->contiguous(walk_format(logvar));
+    a.mu = mu->contiguous(fmt);
     a.grad_kl = grad_kl->contiguous();
   }
-  a.logvar = logvar.contiguous(walk_format(logvar));
+  a.logvar = logvar.contiguous(fmt);
   a.grad_z = in_sample_layout(grad_z, a.logvar, num_samples);
   a.clamp = clamp_arg(lo, hi);
   a.N = a.logvar.numel();

@@ -164,7 +164,9 @@ struct Reparameterize : torch::autograd::Function<Reparameterize> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
                         const Tensor& philox, int64_t num_samples, OptF lo, OptF hi) {
     BelowAutograd guard;
-    ctx->save_for_backward({logvar, philox});
+    // the backward replays eps in mu's memory order but gets no mu: logvar goes in mu's layout
+    // (a copy only when the two differ)
+    ctx->save_for_backward({logvar.contiguous(walk_format(mu)), philox});
     ctx->saved_data["num_samples"] = num_samples;
     save_bounds(ctx, lo, hi);
     return reparameterize_op().call(mu, logvar, philox, num_samples, lo, hi);

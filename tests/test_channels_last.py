@@ -143,5 +143,52 @@ def test_sampling_ops_channels_last_opcheck(backend, shape, fmt):
     for op, args in (("reparameterize", (mu, lv, p, 2, None, None)), ("sample_and_kl", (mu, lv, p, 2, -1.0, 1.0)),
                      ("reparameterize_backward", (gz, lv, p, 2, None, None)),
                      ("reparameterize_backward", (gz.contiguous(), lv, p, 2, None, None)),
-                     ("sample_and_kl_backward", (gz, torch.randn(shape[0], device=device), mu, lv, p, 2, None, None))):
+                     ("sample_and_kl_backward", (gz, torch.randn(shape[0], device=device), mu, lv, p, 2, None, None)),
+                     # mixed layouts: the gradients follow mu's (the forward's walk)
+                     ("sample_and_kl_backward", (gz, torch.randn(shape[0], device=device), mu, lv.contiguous(), p, 2,
+                                                 None, None)),
+                     ("sample_and_kl_backward", (gz.contiguous(), torch.randn(shape[0], device=device), mu.contiguous(),
+                                                 lv, p, 2, None, None))):
         torch.library.opcheck(getattr(ns, op).default, args)
+
+
+MIXED = {  # mu and logvar in different layouts: (mu, logvar parameter) -> logvar
+    "mu channels_last, logvar contiguous": (torch.channels_last, lambda p, mu: p.clone()),
+    "mu contiguous, logvar channels_last": (torch.contiguous_format, lambda p, mu: p.to(memory_format=torch.channels_last)),
+    "mu channels_last, logvar expanded": (torch.channels_last, lambda p, mu: p[:1, :, :1, :1].expand_as(mu)),
+}
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("layouts", MIXED)
+@pytest.mark.parametrize("name,S", [c for c in CASES if c[0] != "DiagonalGaussian"])
+def test_sampling_mixed_layouts(backend, layouts, name, S):
+    """mu and logvar in different layouts (a per-channel logvar expanded over a channels-last mu):
+    the backward replays the forward's eps, so the gradients are the analytic ones of the z drawn,
+    dz/dmu = 1, dz/dlogvar = (z - mu) / 2 (before: grad_logvar used another eps order, off by O(1))."""
+    device = need(backend)
+    fmt, make_lv = MIXED[layouts]
+    g = torch.Generator().manual_seed(5)
+    shape = (2, 3, 4, 5)
+    mu = torch.randn(shape, generator=g, dtype=torch.float64).to(device).to(memory_format=fmt).requires_grad_()
+    p = (0.5 * torch.randn(shape, generator=g, dtype=torch.float64)).to(device).requires_grad_()
+    lv = make_lv(p, mu)
+    out = SAMPLERS[name](mu, lv, backend, S, torch.Generator(device=device).manual_seed(7))
+    z = out[0].detach() if S is not None else out[0].detach()[None]
+    gz = torch.randn(z.shape, generator=g, dtype=torch.float64).to(device)
+    grads = [gz if S is not None else gz[0]]
+    want_mu = gz.sum(0)
+    want_lv = 0.5 * (gz * (z - mu.detach())).sum(0)
+    if name == "sample_and_kl":  # KL row sums: d/dmu = mu, d/dlogvar = (e^logvar - 1) / 2, per row
+        gk = torch.randn(shape[0], generator=g, dtype=torch.float64).to(device)
+        grads.append(gk)
+        row = gk.view(-1, 1, 1, 1)
+        want_mu = want_mu + row * mu.detach()
+        want_lv = want_lv + row * 0.5 * (lv.detach().exp() - 1)
+    got_mu, got_p = torch.autograd.grad(out, (mu, p), grads)
+    torch.testing.assert_close(got_mu, want_mu, rtol=1e-10, atol=1e-10)
+    want_p = want_lv
+    if layouts == "mu channels_last, logvar expanded":  # p[0, :, 0, 0] over every batch and pixel
+        want_p = torch.zeros_like(p)
+        want_p[0, :, 0, 0] = want_lv.sum((0, 2, 3))
+    torch.testing.assert_close(got_p, want_p, rtol=1e-10, atol=1e-10)

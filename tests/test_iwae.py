@@ -277,6 +277,22 @@ def test_opcheck(backend):
                                    ns.log_density_backward(grad, z.detach(), None, None, 0.5, 0.0, red, scale, False)[0])
 
 
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_log_density_backward_of_no_samples(backend):
+    """z with 0 rows (0 samples of a batch of 2): grad_mu and grad_logvar are zeros (before: the cpu
+    kernel left them unwritten, e.g. 3.4e38)."""
+    device = need(backend)
+    ns = getattr(torch.ops, NAMESPACE[backend])
+    z, mu, lv = torch.empty(0, 4, device=device), torch.randn(2, 4, device=device), torch.randn(2, 4, device=device)
+    for red, grad in ((NONE, torch.empty(0, 4)), (SUM, torch.tensor(0.7)), (ROWS, torch.empty(0))):
+        for _ in range(3):  # fresh allocations that may hold garbage
+            gz, gmu, glv = ns.log_density_backward(grad.to(device), z, mu, lv, 1.0, -1.0, red, 0.5, True)
+            assert gz.shape == (0, 4)
+            torch.testing.assert_close(gmu, torch.zeros_like(mu), rtol=0, atol=0)
+            torch.testing.assert_close(glv, torch.zeros_like(lv), rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------- training, log p(x)
 def _tiny_idx(tmp_path):
     import numpy as np

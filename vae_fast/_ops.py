@@ -31,6 +31,12 @@ def _autograd(ns):
         ctx.num_samples = num_samples
         ctx.bounds = (*bounds, None, None)[:2]  # logvar_min, logvar_max (absent: None)
 
+    def setup_reparameterize(ctx, inputs, output):
+        # the backward replays eps in mu's memory order but gets no mu: logvar goes in mu's layout
+        # (a copy only when the two differ; csrc/autograd.cpp does the same)
+        mu, logvar, *rest = inputs
+        setup_sampling(ctx, (mu, logvar.contiguous(memory_format=_shapes.memory_format(mu)), *rest), output)
+
     def reparameterize_bwd(ctx, grad_z):
         _, logvar, philox = ctx.saved_tensors
         glv = ns.reparameterize_backward(grad_z, logvar, philox, ctx.num_samples, *ctx.bounds)
@@ -81,7 +87,7 @@ def _autograd(ns):
         return gm, glv, -gm if _need(ctx, 2) else None, None, None, None
 
     return {
-        "reparameterize": (setup_sampling, reparameterize_bwd),
+        "reparameterize": (setup_reparameterize, reparameterize_bwd),
         "sample_and_kl": (setup_sampling, sample_and_kl_bwd),
         "gaussian_kl": (setup_kl, kl_bwd),
         "bernoulli_nll": (setup_bce, bce_bwd),

@@ -74,8 +74,8 @@ FAKES = {
     "reparameterize_backward": lambda grad_z, logvar, philox, S, lo=None, hi=None: new(logvar, logvar.shape),
     "sample_and_kl": lambda mu, logvar, philox, S, lo=None, hi=None: (
         sample_out(mu, S), new(mu, reduced(mu, ROWS))),
-    "sample_and_kl_backward":
-        lambda grad_z, grad_kl, mu, logvar, philox, S, lo=None, hi=None: (new(mu, mu.shape), new(logvar, logvar.shape)),
+    "sample_and_kl_backward":  # both in the forward's (mu's) layout
+        lambda grad_z, grad_kl, mu, logvar, philox, S, lo=None, hi=None: (new(mu, mu.shape), new(mu, logvar.shape)),
     "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale, out_dtype=None, lo=None, hi=None:
         new(mu, reduced(mu, reduction), out_dtype),
     "gaussian_kl_backward": lambda grad, mu, logvar, pmu, plv, reduction, scale, lo=None, hi=None: (

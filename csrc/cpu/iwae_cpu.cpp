@@ -151,7 +151,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_density_backward(
   const LogDensityGrads out = log_density_grads(a, params_grad);
   const bool params = out.params;
   const at::Tensor &gz = out.z, &gmu = out.mu, &glv = out.logvar;
-  const int64_t C = a.C, B = a.R ? a.B : 0, K = a.R ? a.R / a.B : 0;
+  // K = 0 samples (z has no rows) still writes grad_mu, grad_logvar: zeros
+  const int64_t C = a.C, B = a.B, K = a.R / a.B;
   IWAE_DISPATCH(a.z.scalar_type(), "vae_fast.log_density_backward", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* pg = a.grad.data_ptr<scalar_t>();

@@ -317,10 +317,11 @@ def sample(mu, logvar, philox, num_samples: int, with_kl: bool, logvar_min, logv
 
 
 def sample_backward(grad_z, grad_kl, mu, logvar, philox, num_samples: int, logvar_min, logvar_max):
-    fmt = _shapes.memory_format(logvar)
+    # eps replayed in the forward's order: mu's layout (without mu, the autograd passes logvar in it)
+    with_kl = grad_kl is not None
+    fmt = _shapes.memory_format(mu if with_kl else logvar)
     logvar = logvar.contiguous(memory_format=fmt)
     grad_z = _shapes.in_sample_layout(grad_z, logvar, num_samples)
-    with_kl = grad_kl is not None
     glv = torch.empty_like(logvar)
     gmu = torch.empty_like(logvar) if with_kl else glv
     reduction = ROWS if with_kl else NONE
