@@ -21,7 +21,10 @@ Checks on the sm_90 code (each prints `FAIL <check> ...`):
 - local: no local memory (PTX ld/st.local, SASS LDL/STL);
 - rng: the Box-Muller of the RNG contract (math.box_muller) compiles to exactly the float32
   instructions it spells out (no contraction, no slow path, no call);
-- respecialise: launches that differ only in `scale` share one compiled kernel.
+- respecialise: launches that differ only in `scale` share one compiled kernel;
+- inductor: under torch.compile, inductor compiles a copy of each kernel's source that holds the JIT
+  helpers it names by bare name (user_defined_triton_kernel_transitive_closure_source_code): that
+  copy compiles too (a helper reached as `module.helper` was undefined there: NameError on a GPU).
 Run without TRITON_INTERPRET; exit status 1 if any check fails. `--dump DIR` writes the PTX/SASS.
 """
 import collections
@@ -297,6 +300,23 @@ def check_rng(arch):
     return bad, ptx
 
 
+def inductor_copy(kernel, workdir: str):
+    """The kernel as inductor compiles it under torch.compile: the source its wrapper codegen writes
+    (the kernel and the helpers it reaches), loaded from a file as a JITFunction."""
+    import importlib.util
+
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+    name = kernel.fn.__name__
+    path = os.path.join(workdir, f"inductor_{name}.py")
+    with open(path, "w") as f:
+        f.write("import triton\nimport triton.language as tl\n\n@triton.jit\n"
+                + user_defined_triton_kernel_transitive_closure_source_code(kernel))
+    spec = importlib.util.spec_from_file_location(f"inductor_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
 def main() -> int:
     dump = sys.argv[sys.argv.index("--dump") + 1] if "--dump" in sys.argv else None
     if dump:
@@ -364,6 +384,25 @@ def main() -> int:
             for check, bad in checks.items():
                 for b in bad:
                     fail(check, what, b)
+        if arch == 90:  # one launch per kernel, compiled from inductor's copy of its source
+            first = {}
+            for kernel, args, signature, constexprs, attrs, options in todo:
+                first.setdefault(kernel.fn.__name__, (kernel, args, signature, constexprs, attrs, options))
+            with tempfile.TemporaryDirectory() as workdir:
+                copies = []
+                for name, (kernel, *rest) in first.items():
+                    try:
+                        copies.append((name, (arch, target, inductor_copy(kernel, workdir), *rest)))
+                    except Exception as exc:
+                        fail("inductor", f"sm_90 {name}", f"no copy: {type(exc).__name__}: {exc}")
+                _jobs[:] = [job for _, job in copies]
+                with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+                    results = pool.map(_compile, range(len(_jobs)), chunksize=1)
+            for (name, _), (_, _, error) in zip(copies, results):
+                if error is not None:
+                    fail("inductor", f"sm_90 {name}", error)
+                else:
+                    counts["inductor"] += 1
         for launch, keys in by_scale.items():
             if len(keys) > 1:
                 fail("respecialise", f"sm_{arch} {launch[0]}", f"{len(keys)} compiled variants for different scales")
@@ -377,7 +416,8 @@ def main() -> int:
         for b in bad:
             fail("rng", f"sm_{arch} box_muller", b)
     print(f"compiled {counts[80]} distinct launches for sm_80 and {counts[90]} for sm_90 "
-          f"({counts['vector']} checked for 16-byte loads): {sum(failures.values())} failed "
+          f"({counts['vector']} checked for 16-byte loads, {counts['inductor']} as inductor copies them): "
+          f"{sum(failures.values())} failed "
           f"{dict(failures)}")
     return 1 if failures else 0
 

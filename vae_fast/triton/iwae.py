@@ -14,7 +14,9 @@ import triton.language as tl
 from torch import Tensor
 
 from .._schemas import NONE, SUM
-from . import math as m
+# helpers by bare name: torch.compile (inductor) copies a kernel's source with the JIT
+# functions it names from its globals, not those reached as module attributes
+from .math import iw_log_density, iw_log_density_grads, scale_of
 from . import ops as _ops
 from .ops import INTERPRETED, op, scale_bits
 
@@ -24,7 +26,7 @@ def log_density_fwd(z_ptr, mu_ptr, lv_ptr, out_ptr, R, C, B, a_bits, b_bits, sca
                     HAS_Q: tl.constexpr, REDUCE: tl.constexpr, F64: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    a, b, scale = m.scale_of(a_bits, ACC), m.scale_of(b_bits, ACC), m.scale_of(scale_bits, ACC)
+    a, b, scale = scale_of(a_bits, ACC), scale_of(b_bits, ACC), scale_of(scale_bits, ACC)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows64 = rows.to(tl.int64)
     qrows = (rows % B).to(tl.int64)  # the row of mu, logvar (an int32 modulo: R < 2^31 rows)
@@ -38,9 +40,9 @@ def log_density_fwd(z_ptr, mu_ptr, lv_ptr, out_ptr, R, C, B, a_bits, b_bits, sca
             qoffs = qrows[:, None] * C + cols[None, :]
             mu = tl.load(mu_ptr + qoffs, mask=mask, other=0.0).to(ACC)
             lv = tl.load(lv_ptr + qoffs, mask=mask, other=0.0).to(ACC)
-            val = m.log_density(z, mu, lv, a, b)
+            val = iw_log_density(z, mu, lv, a, b)
         else:
-            val = m.log_density(z, 0.0, 0.0, a, 0.0)
+            val = iw_log_density(z, 0.0, 0.0, a, 0.0)
         if REDUCE:
             acc += tl.where(mask, val, 0.0)
         else:
@@ -56,7 +58,7 @@ def log_density_bwd(grad_ptr, z_ptr, mu_ptr, lv_ptr, gz_ptr, gmu_ptr, glv_ptr, N
     """N = B * C elements of mu; sample k's elements are z[k * N + i]. GRAD_MODE: NONE (grad per
     element), ROWS (per row of z: k * B + i // C) or SUM (one)."""
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    a, b, scale = m.scale_of(a_bits, ACC), m.scale_of(b_bits, ACC), m.scale_of(scale_bits, ACC)
+    a, b, scale = scale_of(a_bits, ACC), scale_of(b_bits, ACC), scale_of(scale_bits, ACC)
     offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < N
     if HAS_Q:
@@ -78,7 +80,7 @@ def log_density_bwd(grad_ptr, z_ptr, mu_ptr, lv_ptr, gz_ptr, gmu_ptr, glv_ptr, N
             g = tl.load(grad_ptr + k * B + offs // C, mask=mask, other=0.0).to(ACC)
         else:
             g = tl.load(grad_ptr + offs * 0, mask=mask, other=0.0).to(ACC)
-        dz, dmu, dlv = m.log_density_grads(z, mu, lv, a, b, g * scale)
+        dz, dmu, dlv = iw_log_density_grads(z, mu, lv, a, b, g * scale)
         tl.store(gz_ptr + zoffs, dz, mask=mask)
         gmu += dmu
         glv += dlv

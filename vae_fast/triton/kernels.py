@@ -16,7 +16,10 @@ grid-stride loop: unit u is tiles (rb, cb) of row band rb = u // n_seg for cb in
 import triton
 import triton.language as tl
 
-from . import math as m
+# helpers by bare name: torch.compile (inductor) copies a kernel's source with the JIT
+# functions it names from its globals, not those reached as module attributes
+from .math import (bce, bce_w, bce_w_grads, clamp_grad, clamp_logvar, eps_at, eps_contiguous, gauss_nll,
+                   gauss_nll_grads, kl_prior, kl_prior_grads, kl_std, scale_of, sigmoid)
 
 
 @triton.jit
@@ -112,7 +115,7 @@ def load_or_zero(ptr, offs, mask, PRESENT: tl.constexpr, ACC: tl.constexpr):
 
 # Every kernel takes (*its tensors, ws, count, R, C, n_units, n_seg, tps, scale_bits or S) and the
 # constexprs REDUCE, SPLIT, F64, BLOCK_R, BLOCK_C, SEG_BLOCK, ROW_BLOCK (ops.launch).
-# scale_bits: the float64 bits of `scale` (m.scale_of); not specialised, so no recompiles per scale.
+# scale_bits: the float64 bits of `scale` (scale_of); not specialised, so no recompiles per scale.
 # lo_bits, hi_bits (sampling and KL kernels): the logvar bounds, the same way; CLAMP: any bound given.
 
 # ---------------------------------------------------------------- losses
@@ -124,9 +127,9 @@ def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, lo_bits, hi_bits, ws_ptr, 
            F64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
            SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    lo = m.scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
-    hi = m.scale_of(hi_bits, ACC)
-    scale = m.scale_of(scale_bits, ACC)
+    lo = scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
+    hi = scale_of(hi_bits, ACC)
+    scale = scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
@@ -136,13 +139,13 @@ def kl_fwd(mu_ptr, lv_ptr, pmu_ptr, plv_ptr, out_ptr, lo_bits, hi_bits, ws_ptr, 
             mu = load(mu_ptr, offs, mask, ACC)
             lv = load(lv_ptr, offs, mask, ACC)
             if CLAMP:
-                lv = m.clamp_logvar(lv, lo, hi)
+                lv = clamp_logvar(lv, lo, hi)
             if HAS_PMU or HAS_PLV:
                 pmu = load_or_zero(pmu_ptr, offs, mask, HAS_PMU, ACC)
                 plv = load_or_zero(plv_ptr, offs, mask, HAS_PLV, ACC)
-                val = m.kl_prior(mu, lv, pmu, plv)
+                val = kl_prior(mu, lv, pmu, plv)
             else:
-                val = m.kl_std(mu, lv)
+                val = kl_std(mu, lv)
             acc = put(out_ptr, val, acc, offs, mask, REDUCE)
         end_unit(out_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, scale, REDUCE, SPLIT)
         rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
@@ -157,9 +160,9 @@ def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_pt
            F64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
            SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    lo = m.scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
-    hi = m.scale_of(hi_bits, ACC)
-    scale = m.scale_of(scale_bits, ACC)
+    lo = scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
+    hi = scale_of(hi_bits, ACC)
+    scale = scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
         for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
@@ -171,10 +174,10 @@ def kl_bwd(grad_ptr, mu_ptr, lv_ptr, pmu_ptr, plv_ptr, gmu_ptr, glv_ptr, gplv_pt
             pmu = load_or_zero(pmu_ptr, offs, mask, HAS_PMU, ACC)
             plv = load_or_zero(plv_ptr, offs, mask, HAS_PLV, ACC)
             if CLAMP:
-                gmu, glv, gplv = m.kl_prior_grads(mu, m.clamp_logvar(lv, lo, hi), pmu, plv, g)
-                glv = m.clamp_grad(glv, lv, lo, hi)
+                gmu, glv, gplv = kl_prior_grads(mu, clamp_logvar(lv, lo, hi), pmu, plv, g)
+                glv = clamp_grad(glv, lv, lo, hi)
             else:
-                gmu, glv, gplv = m.kl_prior_grads(mu, lv, pmu, plv, g)
+                gmu, glv, gplv = kl_prior_grads(mu, lv, pmu, plv, g)
             tl.store(gmu_ptr + offs, gmu, mask=mask)
             tl.store(glv_ptr + offs, glv, mask=mask)
             if HAS_PLV:
@@ -196,9 +199,9 @@ def bce_fwd(x_ptr, t_ptr, w_ptr, pw_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_uni
             REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr, BLOCK_R: tl.constexpr,
             BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """F.binary_cross_entropy_with_logits, with weight and / or pos_weight when HAS_W / HAS_PW
-    (without either: m.bce, not m.bce_w with ones, and w_ptr, pw_ptr unread)."""
+    (without either: bce, not bce_w with ones, and w_ptr, pw_ptr unread)."""
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    scale = m.scale_of(scale_bits, ACC)
+    scale = scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
@@ -208,10 +211,10 @@ def bce_fwd(x_ptr, t_ptr, w_ptr, pw_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_uni
             x = load(x_ptr, offs, mask, ACC)
             t = load(t_ptr, offs, mask, ACC)
             if HAS_W or HAS_PW:
-                val = m.bce_w(x, t, load_or_one(w_ptr, offs, mask, HAS_W, ACC),
+                val = bce_w(x, t, load_or_one(w_ptr, offs, mask, HAS_W, ACC),
                               load_or_one(pw_ptr, offs, mask, HAS_PW, ACC))
             else:
-                val = m.bce(x, t)
+                val = bce(x, t)
             acc = put(out_ptr, val, acc, offs, mask, REDUCE)
         end_unit(out_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, scale, REDUCE, SPLIT)
         rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
@@ -224,7 +227,7 @@ def bce_bwd(grad_ptr, x_ptr, t_ptr, w_ptr, pw_ptr, gx_ptr, gt_ptr, ws_ptr, count
             TARGET_GRAD: tl.constexpr, REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr,
             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    scale = m.scale_of(scale_bits, ACC)
+    scale = scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
         for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
@@ -234,10 +237,10 @@ def bce_bwd(grad_ptr, x_ptr, t_ptr, w_ptr, pw_ptr, gx_ptr, gt_ptr, ws_ptr, count
             x = load(x_ptr, offs, mask, ACC)
             t = load(t_ptr, offs, mask, ACC)
             if HAS_W or HAS_PW:
-                gx, gt = m.bce_w_grads(x, t, load_or_one(w_ptr, offs, mask, HAS_W, ACC),
+                gx, gt = bce_w_grads(x, t, load_or_one(w_ptr, offs, mask, HAS_W, ACC),
                                        load_or_one(pw_ptr, offs, mask, HAS_PW, ACC), g)
             else:
-                gx = g * (m.sigmoid(x) - t)
+                gx = g * (sigmoid(x) - t)
                 gt = -g * x
             tl.store(gx_ptr + offs, gx, mask=mask)
             if TARGET_GRAD:
@@ -250,14 +253,14 @@ def gnll_fwd(mean_ptr, lv_ptr, t_ptr, out_ptr, ws_ptr, count_ptr, R, C, n_units,
              REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr, BLOCK_R: tl.constexpr,
              BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    scale = m.scale_of(scale_bits, ACC)
+    scale = scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
         acc = tl.zeros([BLOCK_R, BLOCK_C], ACC)
         for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
             cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
-            val = m.gauss_nll(load(mean_ptr, offs, mask, ACC), load(lv_ptr, offs, mask, ACC),
+            val = gauss_nll(load(mean_ptr, offs, mask, ACC), load(lv_ptr, offs, mask, ACC),
                               load(t_ptr, offs, mask, ACC))
             acc = put(out_ptr, val, acc, offs, mask, REDUCE)
         end_unit(out_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, scale, REDUCE, SPLIT)
@@ -271,14 +274,14 @@ def gnll_bwd(grad_ptr, mean_ptr, lv_ptr, t_ptr, gmean_ptr, glv_ptr, ws_ptr, coun
              REDUCE: tl.constexpr, SPLIT: tl.constexpr, F64: tl.constexpr, BLOCK_R: tl.constexpr,
              BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    scale = m.scale_of(scale_bits, ACC)
+    scale = scale_of(scale_bits, ACC)
     rb, seg, step_rb, step_seg = first_unit(n_seg)
     for u in range(tl.program_id(0), n_units, tl.num_programs(0)):
         for j in range(tps):  # the unit's tiles; past the row's end the mask is all false
             cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             g = load_grad(grad_ptr, rows, offs, mask, R, scale, REDUCE, ACC)
-            gmean, glv = m.gauss_nll_grads(load(mean_ptr, offs, mask, ACC), load(lv_ptr, offs, mask, ACC),
+            gmean, glv = gauss_nll_grads(load(mean_ptr, offs, mask, ACC), load(lv_ptr, offs, mask, ACC),
                                            load(t_ptr, offs, mask, ACC), g)
             tl.store(gmean_ptr + offs, gmean, mask=mask)
             tl.store(glv_ptr + offs, glv, mask=mask)
@@ -292,9 +295,9 @@ def eps_tile(seed, offset, s, N, rb, cb, offs, C,
     """eps of sample s for tile (rb, cb); FAST_RNG when the tile is a contiguous, 4-aligned run."""
     if FAST_RNG:
         base = s * N + (rb * BLOCK_R).to(tl.int64) * C + cb * BLOCK_C
-        return m.eps_contiguous(seed, offset, base, BLOCK_R, BLOCK_C)
+        return eps_contiguous(seed, offset, base, BLOCK_R, BLOCK_C)
     else:
-        return m.eps_at(seed, offset, s * N + offs)
+        return eps_at(seed, offset, s * N + offs)
 
 
 @triton.jit(do_not_specialize=["lo_bits", "hi_bits"])
@@ -303,8 +306,8 @@ def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, lo_bits, hi_bits, ws_p
                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """z[s] = mu + exp(0.5*lv) * eps for every sample s; with REDUCE the KL row sums as well."""
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    lo = m.scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
-    hi = m.scale_of(hi_bits, ACC)
+    lo = scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
+    hi = scale_of(hi_bits, ACC)
     seed = tl.load(philox_ptr)
     offset = tl.load(philox_ptr + 1)
     N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
@@ -317,13 +320,13 @@ def sample_fwd(mu_ptr, lv_ptr, philox_ptr, z_ptr, kl_ptr, lo_bits, hi_bits, ws_p
             mu = load(mu_ptr, offs, mask, ACC)
             lv = load(lv_ptr, offs, mask, ACC)
             if CLAMP:
-                lv = m.clamp_logvar(lv, lo, hi)
+                lv = clamp_logvar(lv, lo, hi)
             std = tl.exp(0.5 * lv)
             for s in range(S):
                 eps = eps_tile(seed, offset, s, N, rb, cb, offs, C, FAST_RNG, BLOCK_R, BLOCK_C).to(ACC)
                 tl.store(z_ptr + s * N + offs, mu + std * eps, mask=mask)
             if REDUCE:
-                acc += tl.where(mask, m.kl_std(mu, lv), 0.0)
+                acc += tl.where(mask, kl_std(mu, lv), 0.0)
         end_unit(kl_ptr, ws_ptr, acc, u, rb * BLOCK_R + tl.arange(0, BLOCK_R), R, 1.0, REDUCE, SPLIT)
         rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)
     finish(kl_ptr, ws_ptr, count_ptr, R, n_seg, 1.0, SPLIT, SEG_BLOCK, ROW_BLOCK)
@@ -336,8 +339,8 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, lo
                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SEG_BLOCK: tl.constexpr, ROW_BLOCK: tl.constexpr):
     """Replays eps; grad_logvar (and with REDUCE, the KL's gradient, grad_mu too) in one pass over grad_z."""
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    lo = m.scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
-    hi = m.scale_of(hi_bits, ACC)
+    lo = scale_of(lo_bits, ACC)  # the logvar bounds (float64 bits; used with CLAMP only)
+    hi = scale_of(hi_bits, ACC)
     seed = tl.load(philox_ptr)
     offset = tl.load(philox_ptr + 1)
     N = tl.cast(R, tl.int64) * C  # tl.cast: R may arrive as the constexpr 1 (Triton specialises 1)
@@ -347,7 +350,7 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, lo
             cb = seg * tps + j
             rows, offs, mask = tile(rb, cb, R, C, BLOCK_R, BLOCK_C)
             lv_in = load(lv_ptr, offs, mask, ACC)
-            lv = m.clamp_logvar(lv_in, lo, hi) if CLAMP else lv_in
+            lv = clamp_logvar(lv_in, lo, hi) if CLAMP else lv_in
             std = tl.exp(0.5 * lv)
             sum_gz = tl.zeros([BLOCK_R, BLOCK_C], ACC)
             sum_gz_eps = tl.zeros([BLOCK_R, BLOCK_C], ACC)
@@ -363,6 +366,6 @@ def sample_bwd(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, philox_ptr, gmu_ptr, glv_ptr, lo
                 tl.store(gmu_ptr + offs, sum_gz + gkl * mu, mask=mask)
                 glv += 0.5 * gkl * (tl.exp(lv) - 1.0)
             if CLAMP:
-                glv = m.clamp_grad(glv, lv_in, lo, hi)
+                glv = clamp_grad(glv, lv_in, lo, hi)
             tl.store(glv_ptr + offs, glv, mask=mask)
         rb, seg = next_unit(rb, seg, step_rb, step_seg, n_seg)

@@ -228,14 +228,14 @@ def gauss_nll_grads(m, lv, t, g):
 # a = 1, b = -1: log p(z) - log q(z|x); b = 0 (the prior alone): pass mu = lv = 0
 
 @triton.jit
-def log_density(z, mu, lv, a, b):
+def iw_log_density(z, mu, lv, a, b):
     q = scaled(z - mu, tl.exp(-0.5 * lv))  # (z - mu)^2 e^-lv as q^2: finite at z == mu for any lv
     return -0.5 * (a * (z * z + LOG_2PI) + b * (LOG_2PI + lv + q * q))
 
 
 @triton.jit
-def log_density_grads(z, mu, lv, a, b, g):
-    """(d/dz, d/dmu, d/dlv) of g * log_density."""
+def iw_log_density_grads(z, mu, lv, a, b, g):
+    """(d/dz, d/dmu, d/dlv) of g * iw_log_density."""
     e = tl.exp(-0.5 * lv)
     q = scaled(z - mu, e)
     r = scaled(q, e)  # (z - mu) e^-lv
