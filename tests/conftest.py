@@ -7,3 +7,6 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one inductor compile process per xdist worker, not a pool of one per core in every worker
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")

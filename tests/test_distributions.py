@@ -58,7 +58,7 @@ def test_kl_matches_diffusers_formula(backend, dtype, shape, dims):
     ref = twin_kl(m64, lv64, ref_dims)
     assert kl.shape == ref.shape and kl.dtype == dtype and kl.device == device
     close(kl, ref, dtype, scale=50)
-    g = torch.randn(kl.shape, dtype=torch.float64)
+    g = torch.randn(kl.shape, dtype=torch.float64).to(device)  # ref is on the device too
     gm, glv = torch.autograd.grad(kl, (mean, logvar), g.to(dtype).to(device))
     rm, rlv = torch.autograd.grad(ref, (m64, lv64), g)
     close(gm, rm, dtype)

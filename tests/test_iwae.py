@@ -356,7 +356,10 @@ def test_fused_log_marginal_likelihood_matches_reference(backend):
     fused = iwae.log_marginal_likelihood(model, x, 4000, chunk_rows=1000, generator=g, backend=backend)
     ref = reference.log_marginal_likelihood(model, x, 4000, generator=g)
     assert fused.shape == ref.shape == (8,)
-    torch.testing.assert_close(fused, ref, rtol=0, atol=0.02)
+    # Monte Carlo noise, measured over 12 seeds on the CPU: largest row difference 0.015-0.048,
+    # mean difference 0.0006-0.012 (0.02 per row failed for about half the seeds; CUDA draws other eps)
+    torch.testing.assert_close(fused, ref, rtol=0, atol=0.1)
+    assert (fused - ref).mean().abs() < 0.03
     assert not torch.equal(fused, ref)  # really another path
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from . import reference
 from ._schemas import ROWS
 
 # forward ops with an out_dtype argument (vae_fast/_schemas.py)
@@ -75,6 +76,15 @@ def loss_weights(logits: torch.Tensor, *weights):
     if logits.dtype not in _HALF or not _enabled(logits.device.type):
         return weights
     return tuple(None if w is None else w.to(logits.dtype) for w in weights)
+
+
+def reference_sample(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The reference backend's z, in the inputs' dtype under autocast too, as the fused kernels'
+    (CUDA autocast runs exp in float32, which would promote z)."""
+    if not _enabled(mu.device.type):
+        return reference.reparameterize(mu, logvar, eps)
+    with torch.autocast(mu.device.type, enabled=False):
+        return reference.reparameterize(mu, logvar, eps)
 
 
 def reference_inputs(device: torch.device, *tensors):

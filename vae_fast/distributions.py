@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import _autocast
 from . import _validate as check
 from . import reference
 from ._backends import resolve
@@ -147,7 +148,7 @@ class DiagonalGaussian:
         if ns is None:
             gen_device = device if generator is None else generator.device
             eps = torch.randn(mean.shape, dtype=mean.dtype, device=gen_device, generator=generator).to(device)
-            return reference.reparameterize(mean, self.logvar, eps)
+            return _autocast.reference_sample(mean, self.logvar, eps)
         if generator is None or generator.device.type == device.type:
             philox = philox_state(device, generator)
         else:  # a generator on another device (diffusers allows a CPU generator with CUDA tensors)

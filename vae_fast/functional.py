@@ -92,7 +92,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, *, num_samples: int | None = None
     ns = resolve(backend, device)
     mu, logvar = _promote(mu, logvar)
     if ns is None:
-        return reference.reparameterize(mu, logvar, _reference_eps(mu, num_samples, generator))
+        return _autocast.reference_sample(mu, logvar, _reference_eps(mu, num_samples, generator))
     return _one_sample(ns.reparameterize(mu, logvar, philox_state(device, generator), S), num_samples)
 
 
@@ -109,7 +109,7 @@ def sample_and_kl(mu: Tensor, logvar: Tensor, *, num_samples: int | None = None,
     ns = resolve(backend, device)
     mu, logvar = _promote(mu, logvar)
     if ns is None:
-        z = reference.reparameterize(mu, logvar, _reference_eps(mu, num_samples, generator))
+        z = _autocast.reference_sample(mu, logvar, _reference_eps(mu, num_samples, generator))
         return z, reference.per_sample(reference.gaussian_kl(*_autocast.reference_inputs(device, mu, logvar)))
     z, kl = ns.sample_and_kl(mu, logvar, philox_state(device, generator), S)
     return _one_sample(z, num_samples), kl
