@@ -212,3 +212,22 @@ def test_out_dtype_opcheck(backend):
     assert ns.gaussian_kl(x, x, None, None, SUM, 1.0, out_dtype=torch.float32).dtype == torch.float32
     with pytest.raises(RuntimeError, match="out_dtype: expected"):
         ns.gaussian_kl(x, x, None, None, SUM, 1.0, out_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_diagonal_gaussian_kl_under_autocast(backend, dtype, device_type):
+    """DiagonalGaussian.kl() without a sample first (its kl op gets the logvar bounds, which the
+    dispatcher passes with out_dtype by position): float32 from every backend, the float64 value.
+    Before: the fused backends raised "expected at most 9 argument(s) but received 10", the
+    reference returned the 16-bit dtype."""
+    device = setup(backend, device_type)
+    mean, logvar = (t.detach() for t in inputs((2, 4, 3, 5), dtype, device, 2))
+    for dims, kw in ((None, {}), ((1, 2), {}), (None, {"other": True})):
+        d = vae_fast.DiagonalGaussian(mean, logvar, dims=dims, backend=backend)
+        w = vae_fast.DiagonalGaussian(mean.double(), logvar.double(), dims=dims, backend="reference")
+        with torch.autocast(device_type, dtype=dtype):
+            kl = d.kl(d) if kw else d.kl()
+        assert kl.dtype == torch.float32, (dims, kw)
+        torch.testing.assert_close(kl.double(), w.kl(w) if kw else w.kl(), rtol=1e-5, atol=1e-5)

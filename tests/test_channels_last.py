@@ -192,3 +192,26 @@ def test_sampling_mixed_layouts(backend, layouts, name, S):
         want_p = torch.zeros_like(p)
         want_p[0, :, 0, 0] = want_lv.sum((0, 2, 3))
     torch.testing.assert_close(got_p, want_p, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("first_cl", [True, False], ids=["first channels_last", "second channels_last"])
+def test_loss_backward_ops_mixed_layouts_opcheck(backend, first_cl):
+    """The fakes of the loss backward ops give every gradient the first input's layout, as the
+    kernels do (before: the second gradient took its own input's, and torch.compile failed on a
+    contiguous mean with a channels-last logvar)."""
+    from vae_fast._schemas import NONE, SUM
+    device = need(backend)
+    ns = getattr(torch.ops, "vae_fast_triton" if backend == "triton" else "vae_fast")
+    shape = (2, 3, 4, 5)
+    cl = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    a, b, c, d = (torch.randn(shape, device=device) for _ in range(4))
+    a, b = (cl(a), b) if first_cl else (a, cl(b))
+    t = torch.rand(shape, device=device)
+    t = t.contiguous() if first_cl else cl(t)
+    for reduction, grad in ((NONE, torch.randn(shape, device=device)), (SUM, torch.tensor(0.5, device=device))):
+        for op, args in (("gaussian_kl_backward", (grad, a, b, c, d, reduction, 0.5, None, None)),
+                         ("gaussian_kl_backward", (grad, a, b, None, None, reduction, 0.5, -1.0, 1.0)),
+                         ("gaussian_nll_backward", (grad, a, b, c, reduction, 0.5)),
+                         ("bernoulli_nll_backward", (grad, a, t, reduction, 0.5, True, None, None))):
+            torch.library.opcheck(getattr(ns, op).default, args)

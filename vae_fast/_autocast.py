@@ -33,10 +33,17 @@ _libraries = []  # the registrations live as long as these Library objects
 
 
 def _kernel(op, device_type: str):
+    # the dispatcher passes out_dtype by position when a later argument (logvar_min, ...) is given
+    at = [a.name for a in op._schema.arguments].index("out_dtype")
+
     def autocast(*args, **kwargs):
         x = args[0]
-        if x.dtype in _HALF and kwargs.get("out_dtype") is None:
-            kwargs["out_dtype"] = torch.float32
+        if x.dtype in _HALF:
+            if len(args) > at:
+                if args[at] is None:
+                    args = (*args[:at], torch.float32, *args[at + 1:])
+            elif kwargs.get("out_dtype") is None:
+                kwargs["out_dtype"] = torch.float32
         with torch.autocast(device_type, enabled=False):  # below autocast: autograd, then the kernel
             return op(*args, **kwargs)
     return autocast

@@ -74,21 +74,22 @@ FAKES = {
     "reparameterize_backward": lambda grad_z, logvar, philox, S, lo=None, hi=None: new(logvar, logvar.shape),
     "sample_and_kl": lambda mu, logvar, philox, S, lo=None, hi=None: (
         sample_out(mu, S), new(mu, reduced(mu, ROWS))),
-    "sample_and_kl_backward":  # both in the forward's (mu's) layout
+    # backward ops: every gradient in the first input's layout, the one the kernels walk
+    "sample_and_kl_backward":
         lambda grad_z, grad_kl, mu, logvar, philox, S, lo=None, hi=None: (new(mu, mu.shape), new(mu, logvar.shape)),
     "gaussian_kl": lambda mu, logvar, pmu, plv, reduction, scale, out_dtype=None, lo=None, hi=None:
         new(mu, reduced(mu, reduction), out_dtype),
     "gaussian_kl_backward": lambda grad, mu, logvar, pmu, plv, reduction, scale, lo=None, hi=None: (
-        new(mu, mu.shape), new(logvar, logvar.shape), new(mu, mu.shape) if plv is not None else empty(mu)),
+        new(mu, mu.shape), new(mu, logvar.shape), new(mu, mu.shape) if plv is not None else empty(mu)),
     "bernoulli_nll": lambda logits, target, reduction, scale, weight=None, pos_weight=None, out_dtype=None:
         new(logits, reduced(logits, reduction), out_dtype),
     "bernoulli_nll_backward":
         lambda grad, logits, target, reduction, scale, target_grad, weight=None, pos_weight=None: (
-            new(logits, logits.shape), new(target, target.shape) if target_grad else empty(logits)),
+            new(logits, logits.shape), new(logits, target.shape) if target_grad else empty(logits)),
     "gaussian_nll": lambda mean, logvar, target, reduction, scale, out_dtype=None:
         new(mean, reduced(mean, reduction), out_dtype),
     "gaussian_nll_backward":
-        lambda grad, mean, logvar, target, reduction, scale: (new(mean, mean.shape), new(logvar, logvar.shape)),
+        lambda grad, mean, logvar, target, reduction, scale: (new(mean, mean.shape), new(mean, logvar.shape)),
     "log_density": lambda z, mu, logvar, a, b, reduction, scale: new(z, reduced(z, reduction)),
     "log_density_backward": lambda grad, z, mu, logvar, a, b, reduction, scale, params_grad: (
         new(z, z.shape), *((new(mu, mu.shape), new(mu, mu.shape)) if params_grad and mu is not None

@@ -208,7 +208,10 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images[i]
 
     def __getitems__(self, indices):
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if self.images.is_cuda:  # a CPU index on CUDA data is a blocking copy: the host would wait
+            index = index.pin_memory().to(self.images.device, non_blocking=True)  # for every step
+        return self.images[index]
 
 
 def identity_collate(batch):

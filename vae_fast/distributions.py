@@ -183,7 +183,7 @@ class DiagonalGaussian:
         ns = resolve(self.backend, mean.device)
         all_but_batch = dims == tuple(range(1, mean.dim()))
         if ns is None:
-            out = reference.gaussian_kl(mean, self.logvar, pmu, plv)
+            out = reference.gaussian_kl(*_autocast.reference_inputs(mean.device, mean, self.logvar, pmu, plv))
             return reference.per_sample(out) if all_but_batch else out.sum(dims)
         mean, logvar, pmu, plv = _promote(mean, logvar, pmu, plv)
         pmu = None if pmu is None else pmu.expand(mean.shape)
