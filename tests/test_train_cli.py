@@ -427,6 +427,7 @@ def test_signals_during_the_commit_are_delivered_after_it(tmp_path, monkeypatch)
     """SIGINT arriving between two of the renames that move the files into place: every file is
     the new one, then the KeyboardInterrupt comes."""
     import signal
+    import threading
 
     from vae_fast import _outputs
 
@@ -443,8 +444,8 @@ def test_signals_during_the_commit_are_delivered_after_it(tmp_path, monkeypatch)
     def replace(src, dst):
         real_replace(src, dst)
         calls.append(dst)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+        if len(calls) == 1:  # to the main thread: os.kill may hand it to another thread, which
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # may run late
 
     monkeypatch.setattr(_outputs.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
