@@ -34,18 +34,18 @@ def test_every_triton_launch_compiles_for_sm80_and_sm90(aot):
     assert re.search(r"compiled [1-9]\d* distinct launches for sm_80 and [1-9]\d* for sm_90", aot.stdout)
 
 
-@pytest.mark.parametrize("check", ["f64", "vector", "loop", "local", "rng", "respecialise", "inductor"])
+@pytest.mark.parametrize("check", ["f64", "vector", "loop", "local", "rng", "respecialise", "inductor", "index64"])
 def test_compiled_code(aot, check):
     """f64: float64 kernels compute in float64; vector: 16-byte loads; loop: no fence/atomic per tile;
     local: no local memory; rng: the Box-Muller is the contract's instruction sequence; respecialise:
     a new `scale` compiles nothing new; inductor: the copy of each kernel torch.compile builds
-    compiles (see tests/triton_aot.py)."""
+    compiles; index64: rows of 2^31+ elements get 64-bit column offsets (see tests/triton_aot.py)."""
     bad = failures(aot, check)
     assert not bad, "\n".join(bad)[-6000:]
 
 
 def test_the_checks_ran(aot):
     """A check that inspects nothing cannot fail: the 16-byte load check saw launches."""
-    assert re.search(r"\([1-9]\d* checked for 16-byte loads, [1-9]\d* as inductor copies them\)", aot.stdout), \
-        aot.stdout
+    assert re.search(r"\([1-9]\d* checked for 16-byte loads, [1-9]\d* as inductor copies them, "
+                     r"[1-9]\d* with 2\^31-element rows\)", aot.stdout), aot.stdout
     assert aot.returncode == 0, aot.stderr[-6000:]

@@ -290,3 +290,13 @@ def test_split_reductions_and_sampling_under_cuda_graph_capture(tri):
         assert torch.equal(vae_fast.bernoulli_nll(x, t, reduction="sum", backend="triton"), eager)
     assert not torch.equal(samples[0], samples[1])
     assert all(int(c.item()) == 0 for c in ops._COUNTERS.values())
+
+
+def test_launch_refuses_2_31_rows(tri):
+    """Row indices are int32 in the kernels (kernels.tile): 2^31 rows are refused with a message,
+    never walked with wrapped indices (rows of 2^31+ elements are fine: tests/triton_aot.py index64)."""
+    ops, device = tri
+    from vae_fast.triton import kernels
+    x = torch.zeros(4, device=device)
+    with pytest.raises(RuntimeError, match=r"fewer than 2\^31 rows, got 2147483648; use the cuda backend"):
+        ops.launch(kernels.kl_fwd, x, 2 ** 31, 1, (x,) * 5, ops.scale_bits(1.0), 2, out=x)

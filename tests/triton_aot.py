@@ -22,6 +22,8 @@ Checks on the sm_90 code (each prints `FAIL <check> ...`):
 - rng: the Box-Muller of the RNG contract (math.box_muller) compiles to exactly the float32
   instructions it spells out (no contraction, no slow path, no call);
 - respecialise: launches that differ only in `scale` share one compiled kernel;
+- index64: a row of 2^31 elements or more (C passed as int64) gets 64-bit column offsets: no
+  32-bit `cb * BLOCK_C` left in the PTX (it wrapped before; the interpreter computes in int64);
 - inductor: under torch.compile, inductor compiles a copy of each kernel's source that holds the JIT
   helpers it names by bare name (user_defined_triton_kernel_transitive_closure_source_code): that
   copy compiles too (a helper reached as `module.helper` was undefined there: NameError on a GPU).
@@ -403,6 +405,32 @@ def main() -> int:
                     fail("inductor", f"sm_90 {name}", error)
                 else:
                     counts["inductor"] += 1
+        if arch == 90:  # one-row launches again with a row of 2^31 + BLOCK_C elements
+            probed = set()
+            for kernel, args, kwargs in launches:
+                name = kernel.fn.__name__
+                if name in probed or "C" not in kernel.arg_names or kwargs.get("F64"):
+                    continue
+                _, constexprs, _, _ = specialise(kernel, args, kwargs, backend)
+                if {kernel.arg_names[p[0]]: v for p, v in constexprs.items()}.get("R") != 1:
+                    continue
+                probed.add(name)
+                block_c = kwargs["BLOCK_C"]
+                big = list(args)
+                big[kernel.arg_names.index("C")] = 2 ** 31 + block_c
+                sig, cx, at, opts = specialise(kernel, tuple(big), kwargs, backend)
+                try:
+                    ptx = triton.compile(ASTSource(kernel, sig, cx, at), target=target, options=opts.__dict__).asm["ptx"]
+                except Exception as exc:
+                    fail("index64", f"sm_90 {name}", f"does not compile: {str(exc)[-400:]}")
+                    continue
+                shift = block_c.bit_length() - 1
+                wrapped = re.findall(rf"(?:shl\.b32\s+%r\d+, %r\d+, {shift}|mul\.lo\.s32\s+%r\d+, %r\d+, {block_c});", ptx)
+                if sig.get("C") != "i64" or wrapped:
+                    fail("index64", f"sm_90 {name} C={big[kernel.arg_names.index('C')]} ({sig.get('C')})",
+                         f"32-bit column index: {wrapped[:2]}")
+                else:
+                    counts["index64"] += 1
         for launch, keys in by_scale.items():
             if len(keys) > 1:
                 fail("respecialise", f"sm_{arch} {launch[0]}", f"{len(keys)} compiled variants for different scales")
@@ -416,7 +444,8 @@ def main() -> int:
         for b in bad:
             fail("rng", f"sm_{arch} box_muller", b)
     print(f"compiled {counts[80]} distinct launches for sm_80 and {counts[90]} for sm_90 "
-          f"({counts['vector']} checked for 16-byte loads, {counts['inductor']} as inductor copies them): "
+          f"({counts['vector']} checked for 16-byte loads, {counts['inductor']} as inductor copies them, "
+          f"{counts['index64']} with 2^31-element rows): "
           f"{sum(failures.values())} failed "
           f"{dict(failures)}")
     return 1 if failures else 0

@@ -71,8 +71,8 @@ def log_density_bwd(grad_ptr, z_ptr, mu_ptr, lv_ptr, gz_ptr, gmu_ptr, glv_ptr, N
     gmu = tl.zeros([BLOCK_N], ACC)
     glv = tl.zeros([BLOCK_N], ACC)
     B = N // C
+    zoffs = offs  # sample k's elements: offs + k * N, kept in int64 (k * N wraps in int32)
     for k in range(0, K):
-        zoffs = k * N + offs
         z = tl.load(z_ptr + zoffs, mask=mask, other=0.0).to(ACC)
         if GRAD_MODE == 0:
             g = tl.load(grad_ptr + zoffs, mask=mask, other=0.0).to(ACC)
@@ -84,6 +84,7 @@ def log_density_bwd(grad_ptr, z_ptr, mu_ptr, lv_ptr, gz_ptr, gmu_ptr, glv_ptr, N
         tl.store(gz_ptr + zoffs, dz, mask=mask)
         gmu += dmu
         glv += dlv
+        zoffs += N
     if PARAMS:
         tl.store(gmu_ptr + offs, gmu, mask=mask)
         tl.store(glv_ptr + offs, glv, mask=mask)
@@ -114,10 +115,11 @@ def log_density(z: Tensor, mu: Tensor | None, logvar: Tensor | None, prior_coef:
         # tiles of <= 2048 elements over 8 warps: 8 per thread, in registers (no local memory)
         block_c = min(triton.next_power_of_2(max(C, 1)), 1024)
         block_r = max(1, min(triton.next_power_of_2(R), 2048 // block_c))
-        _run(log_density_fwd)[(triton.cdiv(R, block_r),)](
-            z, mu, lv, out, R, C, B, _bits(prior_coef), _bits(q_coef),
-            _bits(1.0 if reduction == SUM else scale), HAS_Q=has_q, REDUCE=reduction != NONE,
-            F64=z.dtype == torch.float64, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
+        with _ops.on_device(z):
+            _run(log_density_fwd)[(triton.cdiv(R, block_r),)](
+                z, mu, lv, out, R, C, B, _bits(prior_coef), _bits(q_coef),
+                _bits(1.0 if reduction == SUM else scale), HAS_Q=has_q, REDUCE=reduction != NONE,
+                F64=z.dtype == torch.float64, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
     if reduction == SUM:  # the rows in float64, in order
         return (out.double().sum() * scale).to(z.dtype)
     return out
@@ -140,10 +142,11 @@ def log_density_backward(grad: Tensor, z: Tensor, mu: Tensor | None, logvar: Ten
     N = B * C
     if N > 0 and not (INTERPRETED and _is_fake(z)):
         block_n = min(triton.next_power_of_2(N), 1024)
-        _run(log_density_bwd)[(triton.cdiv(N, block_n),)](
-            grad, z, mu, lv, gz, gmu if params else gz, glv if params else gz, N, C, R // B,
-            _bits(prior_coef), _bits(q_coef), _bits(scale), HAS_Q=has_q, PARAMS=params,
-            GRAD_MODE=reduction, F64=z.dtype == torch.float64, BLOCK_N=block_n)
+        with _ops.on_device(z):
+            _run(log_density_bwd)[(triton.cdiv(N, block_n),)](
+                grad, z, mu, lv, gz, gmu if params else gz, glv if params else gz, N, C, R // B,
+                _bits(prior_coef), _bits(q_coef), _bits(scale), HAS_Q=has_q, PARAMS=params,
+                GRAD_MODE=reduction, F64=z.dtype == torch.float64, BLOCK_N=block_n)
     return gz, gmu, glv
 
 

@@ -40,9 +40,11 @@ def next_unit(rb, seg, step_rb, step_seg, n_seg):
 
 @triton.jit
 def tile(rb, cb, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Tile (rb, cb) -> (row indices, flat int64 offsets, mask)."""
+    """Tile (rb, cb) -> (row indices, flat int64 offsets, mask). Columns in C's integer type: int32
+    (the code as ever) unless a row has 2^31 elements or more, where Triton passes C as int64 and
+    cb * BLOCK_C would wrap in int32. Rows stay int32 (ops.launch refuses 2^31 rows)."""
     rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = (cb + 0 * C) * BLOCK_C + tl.arange(0, BLOCK_C)  # 0 * C: C's type (int32, or int64)
     offs = rows[:, None].to(tl.int64) * C + cols[None, :]
     mask = (rows[:, None] < R) & (cols[None, :] < C)
     return rows, offs, mask
@@ -294,7 +296,7 @@ def eps_tile(seed, offset, s, N, rb, cb, offs, C,
              FAST_RNG: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """eps of sample s for tile (rb, cb); FAST_RNG when the tile is a contiguous, 4-aligned run."""
     if FAST_RNG:
-        base = s * N + (rb * BLOCK_R).to(tl.int64) * C + cb * BLOCK_C
+        base = s * N + (rb * BLOCK_R).to(tl.int64) * C + (cb + 0 * C) * BLOCK_C  # as in tile
         return eps_contiguous(seed, offset, base, BLOCK_R, BLOCK_C)
     else:
         return eps_at(seed, offset, s * N + offs)

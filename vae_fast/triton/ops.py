@@ -4,6 +4,7 @@ triton_op also uses each function as the op's fake kernel, so they must stay sha
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import struct
@@ -141,12 +142,24 @@ def _float64_bits(x: float) -> int:
     return _INT64.unpack(_DOUBLE.pack(x))[0]
 
 
+def on_device(like: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' (eager calls; a traced one
+    gets torch.compile's own device guard)."""
+    if (like.device.type != "cuda" or type(like) is not torch.Tensor or torch.compiler.is_compiling()
+            or like.device.index == torch.cuda.current_device()):
+        return contextlib.nullcontext()
+    return torch.cuda.device(like.device)
+
+
 def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction: int, out=None, **constexprs):
     """Grid-stride launch of kernel(*tensors, ws, count, R, C, n_units, n_seg, tps, last, ...) over
     (R, C). `out`: the reduced output of a forward reduction (its rows may be split over programs);
     None for backward kernels, which only read the reduced gradient."""
     if INTERPRETED and is_fake(like):
         return  # interpreted kernels run as they are (no wrap_triton), and not on fake tensors
+    if R >= 2 ** 31:  # row indices are int32 in the kernels (kernels.tile); columns are not limited
+        raise RuntimeError(f"vae_fast triton backend: expected fewer than 2^31 rows, got {R}; use the "
+                           "cuda backend")
     units_reduce = reduction != NONE and out is not None
     # traced with dynamic shapes, R and C are SymInts: unhashable, so no cache
     p = plan(R, C, units_reduce) if type(R) is int and type(C) is int else plan.__wrapped__(R, C, units_reduce)
@@ -161,8 +174,9 @@ def launch(kernel, like: torch.Tensor, R: int, C: int, tensors, last, reduction:
         count = counter(like)
     grid = (min(p.n_units, max_programs(like.device)),)
     run = kernel if INTERPRETED else wrap_triton(kernel)  # torch < 2.14's rejects interpreted kernels
-    run[grid](*tensors, ws, count, R, C, p.n_units, p.n_seg, p.tps, last, REDUCE=reduction != NONE,
-              F64=like.dtype == torch.float64, **p.constexprs, **constexprs)
+    with on_device(like):
+        run[grid](*tensors, ws, count, R, C, p.n_units, p.n_seg, p.tps, last, REDUCE=reduction != NONE,
+                  F64=like.dtype == torch.float64, **p.constexprs, **constexprs)
 
 
 def reduced_out(x: torch.Tensor, reduction: int, dtype: torch.dtype | None = None) -> torch.Tensor:
