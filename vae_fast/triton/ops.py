@@ -145,7 +145,7 @@ def _float64_bits(x: float) -> int:
 def on_device(like: torch.Tensor):
     """Triton launches on the current CUDA device: make it the tensors' (eager calls; a traced one
     gets torch.compile's own device guard)."""
-    if (like.device.type != "cuda" or type(like) is not torch.Tensor or torch.compiler.is_compiling()
+    if (like.device.type != "cuda" or is_fake(like) or torch.compiler.is_compiling()
             or like.device.index == torch.cuda.current_device()):
         return contextlib.nullcontext()
     return torch.cuda.device(like.device)
